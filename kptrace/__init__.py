@@ -1,0 +1,3 @@
+"""kptrace: trace Kubernetes Service traffic through kube-proxy's rules."""
+
+__version__ = "0.1.0"

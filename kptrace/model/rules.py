@@ -1,0 +1,159 @@
+"""iptables rules as data.
+
+A rule keeps its raw text and line so every answer can point at it. Matches and
+targets are kept whatever their name: a module kptrace cannot evaluate is still a
+value, and the simulator says it could not evaluate it instead of failing or guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
+    "raw": ("PREROUTING", "OUTPUT"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option as written: ``! --dport 80`` is Option("--dport", ("80",), True)."""
+
+    name: str
+    args: tuple[str, ...] = ()
+    negated: bool = False
+
+    @property
+    def value(self) -> str:
+        return " ".join(self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """``-m tcp --dport 80`` is Match("tcp", ...); built-ins (-s -d -p -i -o -f) use module ""."""
+
+    module: str
+    options: tuple[Option, ...] = ()
+
+    def option(self, *names: str) -> Option | None:
+        for opt in self.options:
+            if opt.name in names:
+                return opt
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    options: tuple[Option, ...] = ()
+    goto: bool = False
+
+    def option(self, *names: str) -> Option | None:
+        for opt in self.options:
+            if opt.name in names:
+                return opt
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    table: str
+    chain: str
+    raw: str
+    line: int | None
+    matches: tuple[Match, ...]
+    target: Target | None
+    source: str = "<input>"
+    counters: tuple[int, int] | None = None
+
+    @property
+    def comment(self) -> str | None:
+        for m in self.matches:
+            if m.module == "comment":
+                opt = m.option("--comment")
+                if opt is not None:
+                    return opt.value
+        return None
+
+    def match(self, module: str) -> Match | None:
+        for m in self.matches:
+            if m.module == module:
+                return m
+        return None
+
+    def builtin(self, name: str) -> Option | None:
+        """A built-in match option such as ``-d`` (long spellings are normalised)."""
+        for m in self.matches:
+            if m.module == "":
+                opt = m.option(name)
+                if opt is not None:
+                    return opt
+        return None
+
+
+@dataclass(slots=True)
+class Chain:
+    table: str
+    name: str
+    policy: str | None  # None for a user chain; "-" (no policy) reads as ACCEPT
+    rules: list[Rule] = field(default_factory=list)
+    line: int | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_CHAINS.get(self.table, ())
+
+    @property
+    def effective_policy(self) -> str:
+        return "ACCEPT" if self.policy in (None, "-") else self.policy
+
+
+class Ruleset:
+    """One family's tables, with chains looked up by name.
+
+    Chains are produced by a loader function so that a source can parse (or fetch)
+    only the chains a question reaches; results are cached.
+    """
+
+    def __init__(
+        self,
+        family: int | None,
+        chain_names: dict[str, list[str]],
+        loader: Callable[[str, str], Chain | None],
+        *,
+        source: str = "<input>",
+        backend: str | None = None,
+    ) -> None:
+        self.family = family  # 4, 6, or None when nothing in it says
+        self._chain_names = chain_names
+        self._name_sets = {table: set(names) for table, names in chain_names.items()}
+        self._loader = loader
+        self._cache: dict[tuple[str, str], Chain | None] = {}
+        self.source = source
+        self.backend = backend
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self._chain_names)
+
+    def chain_names(self, table: str) -> list[str]:
+        return list(self._chain_names.get(table, ()))
+
+    def has_chain(self, table: str, name: str) -> bool:
+        return name in self._name_sets.get(table, ())
+
+    def chain(self, table: str, name: str) -> Chain | None:
+        key = (table, name)
+        if key not in self._cache:
+            self._cache[key] = self._loader(table, name) if self.has_chain(table, name) else None
+        return self._cache[key]
+
+    def iter_chains(self, table: str) -> Iterator[Chain]:
+        for name in self.chain_names(table):
+            chain = self.chain(table, name)
+            if chain is not None:
+                yield chain

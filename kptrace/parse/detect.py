@@ -1,0 +1,37 @@
+"""Tell what a text is from its content, not its file name."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Format = Literal["iptables-save", "ipset-save", "nft-json", "nft-text", "ipvsadm", "unknown"]
+
+_IPVS_HINTS = (
+    re.compile(r"--match-set KUBE-(CLUSTER-IP|LOAD-BALANCER|NODE-PORT|EXTERNAL-IP)"),
+    re.compile(r"^:KUBE-(LOAD-BALANCER|IPVS-|NODE-PORT) ", re.M),
+)
+
+
+def detect_format(text: str) -> Format:
+    head = text.lstrip()[:4096]
+    if not head:
+        return "unknown"
+    if head.startswith("{") and '"nftables"' in head:
+        return "nft-json"
+    if re.search(r"^\s*(add |)table (ip|ip6|inet|arp|bridge|netdev) ", head, re.M):
+        return "nft-text"
+    if re.match(r"(IP Virtual Server version|Prot LocalAddress)", head) or re.search(r"^-A -[tuf] ", head, re.M):
+        return "ipvsadm"
+    if re.search(r"^create \S+ (hash|bitmap|list):", head, re.M):
+        return "ipset-save"
+    if re.search(r"^(\*(filter|nat|mangle|raw|security)|:[A-Z]|-A |#.*iptables)", head, re.M):
+        return "iptables-save"
+    return "unknown"
+
+
+def kube_proxy_mode(text: str) -> str | None:
+    """'ipvs' when iptables rules show kube-proxy's IPVS mode, else None."""
+    if any(p.search(text) for p in _IPVS_HINTS):
+        return "ipvs"
+    return None
