@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from ..model.rules import Rule, Ruleset
 
-SKIP_MODULES = {"comment", "nfacct"}
 
 
 @dataclass
@@ -31,16 +30,8 @@ class Node:
 
 
 def conditions(rule: Rule) -> str:
-    """The rule's matches as iptables words, without comments and counters."""
-    words: list[str] = []
-    for m in rule.matches:
-        if m.module in SKIP_MODULES or m.module == "statistic":
-            continue
-        if m.module and m.module not in ("tcp", "udp", "sctp"):
-            words.append(f"-m {m.module}")
-        for opt in m.options:
-            words.append(("! " if opt.negated else "") + " ".join((opt.name, *opt.args)))
-    return " ".join(words)
+    """Conditions without the random choice, which the tree shows as a share."""
+    return rule.conditions(skip=("comment", "nfacct", "statistic"))
 
 
 def statistic_probability(rule: Rule) -> float | None:

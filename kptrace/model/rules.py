@@ -79,6 +79,20 @@ class Rule:
                     return opt.value
         return None
 
+    def conditions(self, skip: tuple[str, ...] = ("comment", "nfacct")) -> str:
+        """The rule's matches as iptables words, without comments, counters and -m tcp."""
+        words: list[str] = []
+        l4 = ("", "tcp", "udp", "sctp")
+        ordered = [m for m in self.matches if m.module in l4] + [m for m in self.matches if m.module not in l4]
+        for m in ordered:
+            if m.module in skip:
+                continue
+            if m.module not in l4:
+                words.append(f"-m {m.module}")
+            for opt in m.options:
+                words.append(("! " if opt.negated else "") + " ".join((opt.name, *opt.args)))
+        return " ".join(words)
+
     def match(self, module: str) -> Match | None:
         for m in self.matches:
             if m.module == module:

@@ -9,7 +9,7 @@ from rich.tree import Tree
 
 from ..model.packet import format_endpoint
 from ..model.state import NodeState
-from ..trace.simulate import Outcome, Trace
+from ..trace.simulate import Hop, Outcome, Trace
 from .common import percent, source_dict, source_line
 
 SCHEMA = "kptrace.packet/v1"
@@ -58,34 +58,63 @@ _VERDICT_STYLE = {"accept": "bold green", "drop": "bold red", "reject": "bold re
 
 def packet_tree(trace: Trace, node: NodeState, warnings: list[str], *, show_policies: bool = False) -> Tree:
     pk = trace.packet
-    src = format_endpoint(pk.src, pk.sport) if pk.src is not None else "(any source)"
-    how = "from this node: OUTPUT path" if pk.origin == "local" else "arriving from another host: PREROUTING path"
+    src = format_endpoint(pk.src, pk.sport) if pk.src is not None else "(source not given)"
+    how = "sent by this node: OUTPUT path" if pk.origin == "local" else "arriving from another host: PREROUTING path"
     title = Text.assemble(
         ("packet ", "bold"), f"{pk.proto} {src} -> {format_endpoint(pk.dst, pk.dport)}", (f"  ({how})", "dim")
     )
     root = Tree(title)
     root.add(Text(f"source: {source_line(node)}", style="dim"))
-    n = len(trace.outcomes)
-    outs = root.add(Text(f"{n} outcome{'s' if n != 1 else ''}", style="bold"))
-    for o in sorted(trace.outcomes, key=lambda o: -o.probability):
-        branch = outs.add(_outcome_title(o))
+    outcomes = sorted(trace.outcomes, key=lambda o: -o.probability)
+    n = len(outcomes)
+    summary = root.add(Text(f"{n} outcome{'s' if n != 1 else ''}", style="bold"))
+    for i, o in enumerate(outcomes, 1):
+        summary.add(_outcome_title(o, i if n > 1 else None))
+    for i, o in enumerate(outcomes):
+        label = Text("rule by rule" if n == 1 else f"rule by rule, outcome {i + 1}", style="bold")
+        branch = root.add(label)
         if o.uncertain:
             unc = branch.add(Text("uncertain", style="bold yellow"))
             for u in o.uncertain:
                 unc.add(Text(u, style="yellow"))
-        _hops(branch, o, show_policies)
+        skip, same_as = _shared_prefix(outcomes, i)
+        if skip:
+            last = o.hops[skip - 1]
+            branch.add(Text(
+                f"... as outcome {same_as + 1} up to L{last.line} {last.chain} ({skip} rule{'s' if skip != 1 else ''})",
+                style="dim",
+            ))
+        _hops(branch, o, skip, show_policies)
         if o.reason:
             branch.add(Text(f"=> {o.reason}", style=_VERDICT_STYLE.get(o.verdict, "")))
-    for title, items, style in (("assumptions", trace.assumptions, "dim"), ("warnings", warnings, "yellow")):
+    for title_, items, style in (("assumptions", trace.assumptions, ""), ("warnings", warnings, "yellow")):
         if items:
-            node_ = root.add(Text(title, style="bold " + style if style != "dim" else "bold"))
+            node_ = root.add(Text(title_, style=("bold " + style).strip()))
             for item in items:
-                node_.add(Text(item, style=style))
+                node_.add(Text(item, style=style or "dim"))
     return root
 
 
-def _outcome_title(o: Outcome) -> Text:
+def _shared_prefix(outcomes: list[Outcome], i: int) -> tuple[int, int]:
+    """How many leading hops outcome i shares with an earlier one, and which."""
+    best, which = 0, 0
+    hops = outcomes[i].hops
+    for j in range(i):
+        other = outcomes[j].hops
+        k = 0
+        while k < len(hops) and k < len(other) and hops[k] == other[k]:
+            k += 1
+        if k > best:
+            best, which = k, j
+    if best and best == len(hops):
+        best -= 1  # always show where it ends
+    return best, which
+
+
+def _outcome_title(o: Outcome, number: int | None) -> Text:
     t = Text()
+    if number is not None:
+        t.append(f"{number}. ", style="dim")
     t.append(f"{percent(o.probability):>6}  ", style="bold")
     t.append(o.verdict.upper(), style=_VERDICT_STYLE.get(o.verdict, ""))
     if o.dnat:
@@ -100,21 +129,27 @@ def _outcome_title(o: Outcome) -> Text:
     if o.delivery:
         t.append(f"  ({'delivered locally' if o.delivery == 'local' else 'forwarded'})", style="dim")
     if o.uncertain:
-        t.append("  ?", style="bold yellow")
+        t.append("  (uncertain)", style="bold yellow")
     return t
 
 
-def _hops(branch: Tree, o: Outcome, show_policies: bool) -> None:
-    """Hops grouped under the hook they ran in, with routing decisions in between."""
-    by_hook: dict[str, list] = {}
-    for h in o.hops:
+def _hops(branch: Tree, o: Outcome, skip: int, show_policies: bool) -> None:
+    """Hops from index ``skip`` on, under the hook they ran in, with routing decisions."""
+    by_hook: dict[str, list[Hop]] = {}
+    for h in o.hops[skip:]:
         by_hook.setdefault(h.hook or "", []).append(h)
+    first_hook = o.hops[skip].hook if skip < len(o.hops) else None
+    started = skip == 0 or first_hook is None
     for stage in o.path:
+        if not started:
+            if stage != first_hook:
+                continue
+            started = True
         hops = by_hook.pop(stage, [])
         if stage.startswith("routing"):
             branch.add(Text(stage, style="italic"))
             continue
-        shown = [h for h in hops if show_policies or not (h.action == "policy ACCEPT")]
+        shown = [h for h in hops if show_policies or h.action != "policy ACCEPT"]
         if not shown:
             continue
         stage_node = branch.add(Text(stage, style="bold"))
@@ -122,12 +157,13 @@ def _hops(branch: Tree, o: Outcome, show_policies: bool) -> None:
             stage_node.add(_hop_text(h))
 
 
-def _hop_text(h) -> Text:  # type: ignore[no-untyped-def]
+def _hop_text(h: Hop) -> Text:
     t = Text()
-    loc = f"L{h.line}" if h.line else "  -"
-    t.append(f"{loc:>6} ", style="dim")
-    t.append(f"{h.chain}: ", style="bold")
-    t.append(h.action, style="cyan")
-    if not h.action.startswith("policy"):
-        t.append("   " + h.rule, style="dim")
+    t.append(f"L{h.line}" if h.line else "-", style="dim")
+    t.append(f" {h.chain}", style="bold")
+    if h.conditions:
+        t.append(f"  {h.conditions}")
+    t.append(f"  => {h.action}", style="cyan")
+    if h.comment:
+        t.append(f'  "{h.comment}"', style="dim")
     return t

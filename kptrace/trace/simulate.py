@@ -41,6 +41,8 @@ class Hop:
     action: str
     source: str | None = None
     hook: str | None = None  # "nat PREROUTING": the built-in chain the path was in
+    conditions: str = ""
+    comment: str | None = None
 
 
 @dataclass(slots=True)
@@ -394,7 +396,9 @@ class _Simulator:
 
     def _hop(self, st: PathState, rule: Rule, action: str) -> None:
         hook = st.path[-1] if st.path else None
-        st.hops.append(Hop(rule.table, rule.chain, rule.raw, rule.line, action, rule.source, hook))
+        st.hops.append(
+            Hop(rule.table, rule.chain, rule.raw, rule.line, action, rule.source, hook, rule.conditions(), rule.comment)
+        )
 
     def _apply_target(
         self,
@@ -543,36 +547,56 @@ class _Simulator:
 
     # -- results -----------------------------------------------------------
     def _merge(self, finished: list[PathState]) -> list[Outcome]:
-        merged: dict[tuple, Outcome] = {}
+        """Paths that end the same way become one outcome.
+
+        An unknown match forks a path into "assumed matched" and "assumed NOT matched";
+        when both branches end the same way the answer does not depend on it, so the
+        merged outcome drops that reason.
+        """
+        groups: dict[tuple, list[PathState]] = {}
         for st in finished:
-            verdict = st.verdict or "accept"
-            hops = tuple(st.hops)
-            key = (verdict, st.dnat, st.masquerade, st.snat, hops, tuple(st.uncertain), st.delivery)
-            prev = merged.get(key)
-            if prev is not None:
-                merged[key] = _with_probability(prev, prev.probability + st.probability)
-                continue
-            merged[key] = Outcome(
-                probability=st.probability,
-                verdict=verdict,
-                dnat=st.dnat,
-                masquerade=st.masquerade,
-                snat=st.snat,
-                service=service_of_hops(hops),
-                uncertain=tuple(st.uncertain),
-                hops=hops,
-                path=tuple(st.path),
-                delivery=st.delivery,
-                reason=st.reason or "",
-                mark=st.mark,
+            reasons = frozenset(_strip_assumption(u) for u in st.uncertain)
+            key = (st.verdict or "accept", st.dnat, st.masquerade, st.snat, st.delivery, reasons)
+            groups.setdefault(key, []).append(st)
+        outcomes = []
+        for (verdict, dnat, masq, snat, delivery, _), states in groups.items():
+            first = max(states, key=lambda s: s.probability)
+            seen: dict[str, set[str]] = {}
+            for st in states:
+                for u in st.uncertain:
+                    seen.setdefault(_strip_assumption(u), set()).add(u)
+            uncertain = []
+            for reason, variants in seen.items():
+                both = any(v.startswith("assumed matched") for v in variants) and any(
+                    v.startswith("assumed NOT matched") for v in variants
+                )
+                if not both:
+                    uncertain.extend(sorted(variants))
+            hops = tuple(first.hops)
+            outcomes.append(
+                Outcome(
+                    probability=sum(s.probability for s in states),
+                    verdict=verdict,
+                    dnat=dnat,
+                    masquerade=masq,
+                    snat=snat,
+                    service=service_of_hops(hops),
+                    uncertain=tuple(uncertain),
+                    hops=hops,
+                    path=tuple(first.path),
+                    delivery=delivery,
+                    reason=first.reason or "",
+                    mark=first.mark,
+                )
             )
-        return list(merged.values())
+        return outcomes
 
 
-def _with_probability(o: Outcome, p: float) -> Outcome:
-    from dataclasses import replace
-
-    return replace(o, probability=p)
+def _strip_assumption(text: str) -> str:
+    for prefix in ("assumed matched: ", "assumed NOT matched: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 def _split_hostport(text: str) -> tuple[IPAddress | None, int | None]:
