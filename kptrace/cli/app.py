@@ -228,8 +228,6 @@ _register_optional()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one place turns exceptions into messages and exit codes."""
-    import click
-
     args = sys.argv[1:] if argv is None else argv
     Settings.debug = "--debug" in args
     Settings.output = Output.json if _wants_json(args) else Output.tree
@@ -238,12 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(rv or 0)
     except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        return _fail(exc.format_message(), ExitStatus.USAGE, hint="run 'kptrace --help' for usage")
-    except click.exceptions.Abort:
-        return _fail("aborted", ExitStatus(2), code=130)
+    except typer.Abort:
+        return _fail("aborted", ExitStatus.USAGE, code=130)
     except KptraceError as exc:
         if Settings.debug:
             raise
@@ -253,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if hasattr(exc, "format_message"):  # click's usage errors (typer vendors click)
+            return _fail(exc.format_message(), ExitStatus.USAGE, hint="run 'kptrace --help' for usage")
         if Settings.debug:
             raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", ExitStatus.USAGE, code=70)
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", ExitStatus.USAGE, code=70
+        )
 
 
 def _wants_json(args: list[str]) -> bool:

@@ -14,7 +14,7 @@ _ENTRY_LABEL = {
     "load-balancer": "LoadBalancer IP",
     "external": "external/LoadBalancer IP",
     "node-port": "NodePort",
-    "node-port-localhost": "NodePort on localhost",
+    "node-port-localhost": "NodePort",
 }
 
 
@@ -69,8 +69,13 @@ def describe(ruleset: Ruleset, sp: ServicePort) -> ServiceReport:
     tree: list[Node] = []
     expanded: set[str] = set()
     for entry in sorted(sp.entries, key=lambda e: list(_ENTRY_LABEL).index(e.kind) if e.kind in _ENTRY_LABEL else 99):
+        if entry.rule.table != "nat":
+            continue  # a filter rule (no endpoints): listed with the filter rules below
         label = _ENTRY_LABEL.get(entry.kind, entry.kind)
-        address = entry.address if not entry.kind.startswith("node-port") else f"{entry.address.lstrip(':')} on node addresses"
+        address = {
+            "node-port": f"{entry.address.lstrip(':')} on the node's addresses",
+            "node-port-localhost": f"{entry.address.lstrip(':')} on 127.0.0.0/8",
+        }.get(entry.kind, entry.address)
         rule = entry.rule
         target = rule.target.name if rule.target else ""
         cond = conditions(rule)

@@ -23,7 +23,7 @@ def service_port_name(namespace: str, name: str, port_name: str = "") -> str:
 
 def _hash(text: str) -> str:
     digest = hashlib.sha256(text.encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    return base64.b32encode(digest[:10]).decode()  # 10 bytes are exactly 16 base32 characters
 
 
 def service_chain(prefix: str, svc_port_name: str, protocol: str) -> str:

@@ -116,7 +116,7 @@ def walk(ruleset: Ruleset, chain_name: str, expanded: set[str], table: str = "na
             p = statistic_probability(rule)
             share = remaining * (1.0 if p is None else p)
             remaining -= share
-            text = f"{target} -> DNAT {to}" + ("   (masquerade when the endpoint calls itself)" if hairpin else "")
+            text = f"{target} -> DNAT {to}" + ("   (hairpin: masquerade when the endpoint calls itself)" if hairpin else "")
             nodes.append(Node(text, "endpoint", rule, share))
             continue
         if target in ("DROP", "REJECT", "ACCEPT", "RETURN"):

@@ -16,16 +16,23 @@ from .common import percent, source_dict, source_line
 SCHEMA = "kptrace.svc/v1"
 
 
-def _port_value(report: ServiceReport) -> str | int | None:
-    sp = report.port
-    if sp.port_name:
-        return sp.port_name
-    for e in sp.entries:
-        if e.kind == "cluster-ip":
+def _port_number(report: ServiceReport) -> int | None:
+    for e in report.port.entries:
+        if not e.kind.startswith("node-port"):
             tail = e.address.rsplit(":", 1)[-1]
             if tail.isdigit():
                 return int(tail)
     return None
+
+
+def _ips(addresses: list[str]) -> list[str]:
+    """``10.0.0.1:80`` -> ``10.0.0.1``; ``[fd00::1]:80`` -> ``fd00::1``."""
+    out = []
+    for a in addresses:
+        ip = a[1:].split("]", 1)[0] if a.startswith("[") else a.rsplit(":", 1)[0]
+        if ip not in out:
+            out.append(ip)
+    return out
 
 
 def _eps(eps: list[Endpoint]) -> list[dict[str, Any]]:
@@ -38,12 +45,13 @@ def svc_dict(reports: list[ServiceReport], node: NodeState, warnings: list[str])
         sp = r.port
         services.append({
             "service": sp.namespace_name,
-            "port": _port_value(r),
+            "port": sp.port_name or _port_number(r),
+            "portNumber": _port_number(r),
             "protocol": (sp.protocol or "tcp").upper(),
-            "clusterIPs": [a for a in sp.addresses("cluster-ip")],
+            "clusterIPs": _ips(sp.addresses("cluster-ip")),
             "nodePort": sp.node_port,
-            "externalIPs": sp.addresses("external-ip") + sp.addresses("external"),
-            "loadBalancerIPs": sp.addresses("load-balancer"),
+            "externalIPs": _ips(sp.addresses("external-ip") + sp.addresses("external")),
+            "loadBalancerIPs": _ips(sp.addresses("load-balancer")),
             "endpoints": _eps(r.endpoints),
             "externalEndpoints": _eps(r.external_endpoints) if r.external_endpoints is not None else None,
             "noEndpoints": r.no_endpoints,

@@ -75,7 +75,7 @@ def load_files(
     prov = Provenance(
         kind="file",
         backend=None,
-        paths=tuple("<stdin>" if p == "-" else os.path.abspath(p) for p in paths),
+        paths=tuple("<stdin>" if p == "-" else p for p in paths),
         time=_mtime(paths),
     )
     return NodeState(rulesets=rulesets, provenance=prov, local_ips=local_ips, ipsets=ipsets, warnings=warnings)
