@@ -141,7 +141,7 @@ def test_unbalanced_quote_reported_with_caret() -> None:
     text = '*nat\n:X - [0:0]\n-A X -m comment --comment "oops -j ACCEPT\nCOMMIT\n'
     (rs,), _ = parse_save(text, source="q.save")
     with pytest.raises(ParseError) as exc:
-        rs.chain("nat", "X")
+        rs.chain("nat", "X").rules
     assert exc.value.message == "q.save:3: unbalanced quote"
     assert exc.value.detail.splitlines()[1].strip() == "^"
 

@@ -221,6 +221,9 @@ def _register_optional() -> None:
     except ImportError:  # pragma: no cover - the module ships with kptrace
         return
     app.command(name="dump")(dump)
+    from .lab_cmd import lab_app
+
+    app.add_typer(lab_app, name="lab")
 
 
 _register_optional()

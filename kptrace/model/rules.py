@@ -7,7 +7,7 @@ value, and the simulator says it could not evaluate it instead of failing or gue
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
@@ -109,13 +109,54 @@ class Rule:
         return None
 
 
-@dataclass(slots=True)
+RuleParser = Callable[[str, "int | None"], Rule]
+
+
 class Chain:
-    table: str
-    name: str
-    policy: str | None  # None for a user chain; "-" (no policy) reads as ACCEPT
-    rules: list[Rule] = field(default_factory=list)
-    line: int | None = None
+    """A chain's rules in order. Rules are parsed when first asked for, one by one, so a
+    simulator can skip the rules it can rule out from their text (see ``raw``)."""
+
+    __slots__ = ("table", "name", "policy", "line", "_raw", "_parsed", "_parser")
+
+    def __init__(
+        self,
+        table: str,
+        name: str,
+        policy: str | None,
+        rules: list[Rule] | None = None,
+        line: int | None = None,
+        *,
+        raw: list[tuple[int | None, str]] | None = None,
+        parser: RuleParser | None = None,
+    ) -> None:
+        self.table = table
+        self.name = name
+        self.policy = policy  # None for a user chain; "-" (no policy) reads as ACCEPT
+        self.line = line
+        self._parsed: list[Rule | None] = list(rules or ())
+        self._raw: list[tuple[int | None, str]] = [(r.line, r.raw) for r in self._parsed]
+        if raw:
+            self._raw.extend(raw)
+            self._parsed.extend([None] * len(raw))
+        self._parser = parser
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def raw(self, index: int) -> str:
+        return self._raw[index][1]
+
+    def rule(self, index: int) -> Rule:
+        parsed = self._parsed[index]
+        if parsed is None:
+            assert self._parser is not None
+            line, text = self._raw[index]
+            parsed = self._parsed[index] = self._parser(text, line)
+        return parsed
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [self.rule(i) for i in range(len(self._raw))]
 
     @property
     def builtin(self) -> bool:

@@ -1,13 +1,19 @@
 """Read ``iptables-save`` / ``ip6tables-save`` text and kube-proxy's restore payloads.
 
-Reading is two steps. ``index_save`` walks the lines once, checks the file's
-structure (tables, chain declarations, COMMIT) and records, per chain, which lines
-hold its rules. Rules are parsed only when the simulator asks for their chain, so a
-question about one Service on a node with 400,000 rules parses a few dozen.
+Reading is two steps. Indexing checks the file's structure (tables, chain declarations,
+COMMIT) and records where each chain's rules are, as offsets into the text; rules are
+parsed only when a question reaches their chain, and then one by one. A question about
+one Service on a node with 400,000 rules parses a few dozen.
+
+iptables-save prints each chain's rules as one block, so the fast indexer finds whole
+blocks with one regular expression (the work stays in C). Input it does not expect
+(``-I``/``-N``/``-X`` commands, counters, stray lines) goes to the line-by-line indexer,
+which also produces the precise error messages.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -41,163 +47,244 @@ STANDARD_JUMPS: dict[str, list[tuple[str, str, str]]] = {
 _V6_ADDR = re.compile(r" -[sd] [0-9a-fA-F]*:[0-9a-fA-F:.]*(?:/\d+)? | --to-destination \[")
 _V4_ADDR = re.compile(r" -[sd] \d+\.\d+\.\d+\.\d+(?:/\d+)? | --to-destination \d+\.")
 
+Span = tuple[int, int]  # [start, end) offsets of one or more whole rule lines
+
 
 @dataclass
-class _TableIndex:
+class TableIndex:
     name: str
-    line: int
     order: list[str] = field(default_factory=list)  # chain names, in declaration order
-    decl: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # chain -> (policy, line)
-    rules: dict[str, list[int]] = field(default_factory=dict)  # chain -> rule line numbers (1-based)
-    committed: bool = False
+    policy: dict[str, str | None] = field(default_factory=dict)  # chain -> policy (None: user chain)
+    decl_at: dict[str, int] = field(default_factory=dict)  # chain -> offset of its ":" line
+    spans: dict[str, list[Span]] = field(default_factory=dict)  # chain -> where its rules are
+
+
+class LineCounter:
+    """Line numbers for offsets, counted from the nearest offset already asked about."""
+
+    def __init__(self, text: str, first_line: int) -> None:
+        self.text = text
+        self._offsets = [0]
+        self._lines = [first_line + 1]
+
+    def line_at(self, offset: int) -> int:
+        i = bisect.bisect_right(self._offsets, offset) - 1
+        line = self._lines[i] + self.text.count("\n", self._offsets[i], offset)
+        self._offsets.insert(i + 1, offset)
+        self._lines.insert(i + 1, line)
+        return line
 
 
 @dataclass
 class SaveIndex:
     source: str
-    lines: list[str]
-    tables: dict[str, _TableIndex]
+    text: str
+    tables: dict[str, TableIndex]
     family: int | None
     payload: bool  # no built-in chain anywhere: kube-proxy's restore payload
+    lines: LineCounter
     lenient: bool = False
 
 
 def split_documents(text: str) -> list[tuple[int, str]]:
     """Split concatenated saves (``iptables-save; ip6tables-save``) where a table repeats.
 
-    Returns (first line number - 1, text) pairs.
+    Returns (number of lines before the document, text) pairs.
     """
+    heads = [(m.start() + 1, m.group(1)) for m in re.finditer(r"\n\*(\S+)", text)]
+    if text.startswith("*"):
+        heads.insert(0, (0, text[1:].split(None, 1)[0] if text[1:].strip() else ""))
     starts = [0]
     seen: set[str] = set()
-    for m in re.finditer(r"^\*(\S+)", text, re.M):
-        name = m.group(1)
+    for pos, name in heads:
         if name in seen:
-            starts.append(m.start())
+            starts.append(pos)
             seen = set()
         seen.add(name)
     if len(starts) == 1:
         return [(0, text)]
-    docs: list[tuple[int, str]] = []
     bounds = starts + [len(text)]
-    for a, b in zip(bounds, bounds[1:]):
-        docs.append((text.count("\n", 0, a), text[a:b]))
-    return docs
+    return [(text.count("\n", 0, a), text[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def index_save(text: str, *, source: str = "<input>", first_line: int = 0, lenient: bool = False) -> SaveIndex:
+# --- the fast indexer --------------------------------------------------------------
+# Patterns start with a literal newline so the regex engine can skip ahead at C speed;
+# the first line of the text is checked on its own.
+_TABLE_OR_COMMIT = re.compile(r"\n(?:\*(\S+)|(COMMIT))[ \t]*(?=\n|$)")
+_UNEXPECTED_LINE = re.compile(r"\n(?!-A \S|:\S|#|[ \t]*(?:\n|$)|COMMIT[ \t]*(?:\n|$)|\*\S)")
+_DECL = re.compile(r"\n:(\S+)[ \t]*(\S*)")
+_BLOCK = re.compile(r"\n-A (\S+)(?=[ \t\n]|$)[^\n]*(?:\n-A \1(?=[ \t\n]|$)[^\n]*)*")
+_RULE_OR_DECL = re.compile(r"\n(?:-A |:)")
+
+
+def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
+    """Index a well-formed save; None sends the text to the line-by-line indexer."""
+    nl = text.find("\n")
+    first_line = text if nl < 0 else text[:nl]
+    first = first_line.strip()
+    if first and not first.startswith(("#", "*")):
+        return None
+    if _UNEXPECTED_LINE.search(text):
+        return None
+    marks: list[tuple[int, int, str | None]] = []  # (start, end, table name or None for COMMIT)
+    if first.startswith("*"):
+        marks.append((0, len(first_line), first[1:]))
+    marks.extend((m.start() + 1, m.end(), m.group(1)) for m in _TABLE_OR_COMMIT.finditer(text))
+    if not marks or len(marks) % 2:
+        return None
+    tables: dict[str, TableIndex] = {}
+    previous_end = 0
+    for (h_start, h_end, name), (c_start, c_end, commit) in zip(marks[::2], marks[1::2]):
+        if name is None or commit is not None or name not in BUILTIN_CHAINS or name in tables:
+            return None
+        if _RULE_OR_DECL.search(text, previous_end, h_start):  # rules outside a table
+            return None
+        start, end = h_end, c_start - 1  # the newline before COMMIT ends the last rule
+        decls = _DECL.findall(text, start, end)
+        builtins = BUILTIN_CHAINS[name]
+        policy: dict[str, str | None] = dict.fromkeys([c for c, _ in decls])
+        for chain, pol in decls:
+            if chain in builtins:
+                if (pol or "-") not in POLICIES:
+                    return None
+                policy[chain] = pol or "-"
+        spans: dict[str, list[Span]] = {}
+        for m in _BLOCK.finditer(text, start, end):
+            spans.setdefault(m.group(1), []).append((m.start() + 1, m.end()))
+        undeclared = spans.keys() - policy.keys()
+        if undeclared and not lenient:
+            return None
+        order = list(policy)
+        for chain in sorted(undeclared):
+            order.append(chain)
+            policy[chain] = None
+        tables[name] = TableIndex(name, order, policy, {}, spans)
+        previous_end = c_end
+    if _RULE_OR_DECL.search(text, previous_end):
+        return None
+    return tables
+
+
+# --- the line-by-line indexer --------------------------------------------------------
+def _index_lines(text: str, source: str, first_line: int, lenient: bool) -> dict[str, TableIndex]:
+    tables: dict[str, TableIndex] = {}
+    current: TableIndex | None = None
+    committed = False
+    offset = 0
     lines = text.split("\n")
-    tables: dict[str, _TableIndex] = {}
-    current: _TableIndex | None = None
 
     def fail(problem: str, idx: int, column: int | None = 0) -> ParseError:
         return ParseError(problem, source=source, line=first_line + idx + 1, text=lines[idx], column=column)
 
     meaningful = False
     for idx, raw in enumerate(lines):
+        line_start = offset
+        offset += len(raw) + 1
         line = raw.strip()
         if not line or line[0] == "#":
             continue
         meaningful = True
         c = line[0]
-        if current is not None and current.committed and c != "*":
+        if current is not None and committed and c != "*":
             raise fail(f"line after COMMIT of table {current.name} and before the next *table", idx)
         if c == "-" or c == "[":
             if current is None:
                 raise fail("rule before any table header (*filter, *nat, ...)", idx)
-            if line.startswith("[") and "] " in line:
-                rest = line.split("] ", 1)[1]
-            else:
-                rest = line
+            rest = line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
             parts = rest.split(None, 2)
             cmd = parts[0]
             if len(parts) < 2:
                 raise fail(f"'{cmd}' needs a chain name", idx, len(raw) - len(raw.lstrip()))
             chain = parts[1]
+            span = (line_start, line_start + len(raw))
             if cmd in ("-A", "--append"):
-                lst = current.rules.get(chain)
-                if lst is None:
-                    if chain not in current.decl and not lenient:
-                        raise fail(f"rule for chain {chain}, which is not declared in table {current.name}", idx, raw.find(chain))
-                    _declare(current, chain, None, idx)
-                    lst = current.rules[chain]
-                lst.append(idx + 1)
+                if chain not in current.policy:
+                    if not lenient:
+                        raise fail(
+                            f"rule for chain {chain}, which is not declared in table {current.name}", idx, raw.find(chain)
+                        )
+                    _declare(current, chain, None, line_start)
+                current.spans[chain].append(span)
             elif cmd in ("-I", "--insert"):
-                if chain not in current.decl:
-                    _declare(current, chain, None, idx)
-                pos = 0
-                if len(parts) > 2 and parts[2].split(None, 1)[0].isdigit():
-                    pos = int(parts[2].split(None, 1)[0]) - 1
-                current.rules[chain].insert(max(pos, 0), idx + 1)
+                if chain not in current.policy:
+                    _declare(current, chain, None, line_start)
+                words = parts[2].split(None, 1) if len(parts) > 2 else []
+                pos = int(words[0]) - 1 if words and words[0].isdigit() else 0
+                current.spans[chain].insert(max(pos, 0), span)
             elif cmd in ("-N", "--new-chain"):
-                if chain not in current.decl:
-                    _declare(current, chain, None, idx)
+                if chain not in current.policy:
+                    _declare(current, chain, None, line_start)
             elif cmd in ("-X", "--delete-chain"):
-                if chain in current.decl:
+                if chain in current.policy:
                     current.order.remove(chain)
-                    del current.decl[chain]
-                    del current.rules[chain]
+                    del current.policy[chain]
+                    del current.spans[chain]
             elif cmd in ("-F", "--flush"):
-                if chain in current.rules:
-                    current.rules[chain] = []
+                if chain in current.spans:
+                    current.spans[chain] = []
             elif cmd in ("-P", "--policy"):
                 pol = parts[2].split()[0] if len(parts) > 2 else ""
                 if pol not in POLICIES:
                     raise fail(f"bad policy {pol!r}", idx, raw.find(pol) if pol else 0)
-                if chain not in current.decl:
-                    _declare(current, chain, pol, idx)
-                else:
-                    current.decl[chain] = (pol, current.decl[chain][1])
+                if chain not in current.policy:
+                    _declare(current, chain, pol, line_start)
+                current.policy[chain] = pol
             else:
                 raise fail(f"unsupported command {cmd!r} in a saved ruleset", idx, raw.find(cmd))
         elif c == ":":
             if current is None:
                 raise fail("chain declaration before any table header", idx)
             parts = line[1:].split()
-            if not parts or not parts[0]:
+            if not parts:
                 raise fail("chain declaration without a name", idx)
             name = parts[0]
             policy = parts[1] if len(parts) > 1 else "-"
-            if policy not in POLICIES:
+            builtin = name in BUILTIN_CHAINS[current.name]
+            if builtin and policy not in POLICIES:
                 raise fail(f"bad policy {policy!r} for chain {name}", idx, raw.find(policy))
             if len(parts) > 2 and not re.fullmatch(r"\[\d+:\d+\]", parts[2]):
                 raise fail(f"bad counters {parts[2]!r}", idx, raw.find(parts[2]))
-            _declare(current, name, policy if name in BUILTIN_CHAINS[current.name] else None, idx)
+            _declare(current, name, policy if builtin else None, line_start)
         elif c == "*":
             name = line[1:].strip()
-            if current is not None and not current.committed:
+            if current is not None and not committed:
                 raise fail(f"table {current.name} is not closed with COMMIT before *{name}", idx)
             if name not in BUILTIN_CHAINS:
                 raise fail(f"unknown table {name!r}", idx, 1)
             if name in tables:
                 raise fail(f"table {name} appears twice", idx, 1)
-            current = _TableIndex(name, idx + 1)
-            tables[name] = current
+            current = tables[name] = TableIndex(name)
+            committed = False
         elif line == "COMMIT":
             if current is None:
                 raise fail("COMMIT without a table", idx)
-            current.committed = True
+            committed = True
         else:
             raise fail("not an iptables-save line (expected *table, :chain, -A rule or COMMIT)", idx)
     if not meaningful:
         raise ParseError("empty ruleset (no tables)", source=source)
-    for t in tables.values():
-        if not t.committed:
-            raise ParseError(
-                f"table {t.name} is not closed with COMMIT (truncated file?)", source=source, line=len(lines) + first_line
-            )
-    payload = not any(
-        name in t.decl and t.decl[name][0] is not None
-        for t in tables.values()
-        for name in BUILTIN_CHAINS[t.name]
-    )
-    return SaveIndex(source, lines, tables, _family(text), payload, lenient)
+    if current is not None and not committed:
+        raise ParseError(
+            f"table {current.name} is not closed with COMMIT (truncated file?)", source=source, line=first_line + len(lines)
+        )
+    return tables
 
 
-def _declare(table: _TableIndex, name: str, policy: str | None, idx: int) -> None:
-    if name not in table.decl:
+def _declare(table: TableIndex, name: str, policy: str | None, offset: int) -> None:
+    if name not in table.policy:
         table.order.append(name)
-        table.rules[name] = []
-    table.decl[name] = (policy, idx + 1)
+        table.spans[name] = []
+    table.spans.setdefault(name, [])
+    table.policy[name] = policy
+    table.decl_at[name] = offset
+
+
+def index_save(text: str, *, source: str = "<input>", first_line: int = 0, lenient: bool = False, fast: bool = True) -> SaveIndex:
+    tables = _index_fast(text, lenient) if fast else None
+    if tables is None:
+        tables = _index_lines(text, source, first_line, lenient)
+    payload = not any(t.policy.get(name) is not None for t in tables.values() for name in BUILTIN_CHAINS[t.name])
+    return SaveIndex(source, text, tables, _family(text), payload, LineCounter(text, first_line), lenient)
 
 
 def _family(text: str) -> int | None:
@@ -208,8 +295,8 @@ def _family(text: str) -> int | None:
     return None
 
 
-def ruleset_from_index(index: SaveIndex, *, first_line: int = 0, backend: str | None = None) -> tuple[Ruleset, list[str]]:
-    """Build a lazily parsed Ruleset; adds kube-proxy's standard jumps to a payload."""
+def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple[Ruleset, list[str]]:
+    """A lazily parsed Ruleset; adds kube-proxy's standard jumps to a restore payload."""
     warnings: list[str] = []
     extra: dict[tuple[str, str], list[Rule]] = {}
     if index.payload:
@@ -219,11 +306,12 @@ def ruleset_from_index(index: SaveIndex, *, first_line: int = 0, backend: str | 
             if t is None:
                 continue
             for chain, matches, target in jumps:
-                if target not in t.decl:
+                if target not in t.policy:
                     continue
                 text = f"-A {chain} {matches} -j {target}"
-                rule = parse_rule(text, table=table, line=None, source=STANDARD_JUMPS_SOURCE)
-                extra.setdefault((table, chain), []).append(rule)
+                extra.setdefault((table, chain), []).append(
+                    parse_rule(text, table=table, line=None, source=STANDARD_JUMPS_SOURCE)
+                )
                 added += 1
         if added:
             warnings.append(
@@ -236,38 +324,52 @@ def ruleset_from_index(index: SaveIndex, *, first_line: int = 0, backend: str | 
     for tname, t in index.tables.items():
         order = list(t.order)
         for builtin in BUILTIN_CHAINS[tname]:
-            if builtin not in t.decl and (tname, builtin) in extra:
+            if builtin not in t.policy and (tname, builtin) in extra:
                 order.insert(0, builtin)
         names[tname] = order
 
-    lines = index.lines
+    text = index.text
 
     def load(table: str, name: str) -> Chain | None:
         t = index.tables.get(table)
         if t is None:
             return None
-        policy, decl_line = t.decl.get(name, (None, None))
+        policy = t.policy.get(name)
         if name in BUILTIN_CHAINS[table] and policy is None:
             policy = "-"
-        chain = Chain(table, name, policy, line=(decl_line + first_line) if decl_line else None)
-        chain.rules.extend(extra.get((table, name), ()))
-        for line_no in t.rules.get(name, ()):
-            text = lines[line_no - 1]
-            chain.rules.append(
-                parse_rule(text, table=table, line=line_no + first_line, source=index.source, lenient=index.lenient)
-            )
-        return chain
+        raw: list[tuple[int | None, str]] = []
+        for start, end in t.spans.get(name, ()):
+            line = index.lines.line_at(start)
+            for k, rule_text in enumerate(text[start:end].split("\n")):
+                raw.append((line + k, rule_text))
+        decl = t.decl_at.get(name)
+        if decl is None and name in t.policy:
+            m = re.search(rf"^:{re.escape(name)}(?=[ \t\n]|$)", text, re.M)
+            decl = m.start() if m else None
+        return Chain(
+            table,
+            name,
+            policy,
+            extra.get((table, name)),
+            line=index.lines.line_at(decl) if decl is not None else None,
+            raw=raw,
+            parser=lambda rule_text, line: parse_rule(
+                rule_text, table=table, line=line, source=index.source, lenient=index.lenient
+            ),
+        )
 
     return Ruleset(index.family, names, load, source=index.source, backend=backend), warnings
 
 
-def parse_save(text: str, *, source: str = "<input>", lenient: bool = False, backend: str | None = None) -> tuple[list[Ruleset], list[str]]:
+def parse_save(
+    text: str, *, source: str = "<input>", lenient: bool = False, backend: str | None = None, fast: bool = True
+) -> tuple[list[Ruleset], list[str]]:
     """All rulesets in an iptables-save text (one per concatenated save), and warnings."""
     rulesets: list[Ruleset] = []
     warnings: list[str] = []
     for first_line, doc in split_documents(text):
-        index = index_save(doc, source=source, first_line=first_line, lenient=lenient)
-        rs, w = ruleset_from_index(index, first_line=first_line, backend=backend)
+        index = index_save(doc, source=source, first_line=first_line, lenient=lenient, fast=fast)
+        rs, w = ruleset_from_index(index, backend=backend)
         rulesets.append(rs)
         warnings.extend(w)
     return rulesets, warnings

@@ -1,0 +1,440 @@
+"""Collect the node's raw state once; turn raw state into a NodeState.
+
+The live path (``load_live``) collects and parses; the dump path (``write_dump``)
+collects and writes the raw texts, and ``load_dump`` reads them back into the same
+``RawState`` and parses them with the same code. Nothing here changes the node: only
+``*-save`` commands, netlink dumps and reads of /proc/sys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+from ..errors import EnvironmentProblem, ParseError, UnsupportedMode, UsageError
+from ..model.rules import Ruleset
+from ..model.state import NodeState, Provenance, Route, SourceKind
+from ..parse.detect import kube_proxy_mode
+from ..parse.ipset import parse_ipset_save
+from ..parse.iptables_save import parse_save
+
+BACKENDS = ("nft", "legacy")
+FAMILIES = (4, 6)
+SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.route_localnet", "net.ipv6.conf.all.forwarding")
+# Debian packages, for the message when a binary is missing.
+PACKAGES = {
+    "iptables": "iptables",
+    "ip6tables": "iptables",
+    "ipset": "ipset",
+    "ip": "iproute2",
+    "nft": "nftables",
+    "conntrack": "conntrack",
+}
+# root's PATH has these; a sudo or cron PATH may not.
+SBIN_DIRS: tuple[str, ...] = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# A save that jumps to an undeclared chain was read while the rules changed.
+CONSISTENCY_RETRIES = 3
+ROOT_MESSAGE = "needs root (CAP_NET_ADMIN): run with sudo or use --from FILE"
+
+_RTN_KINDS = {
+    1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
+    6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat",
+}
+_TABLES = {253: "default", 254: "main", 255: "local"}
+_DENIED = re.compile(r"permission denied|operation not permitted|you must be root", re.I)
+_NO_LEGACY = re.compile(r"_tables_names: No such file or directory")
+
+Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+
+
+@dataclass
+class RawState:
+    """What kptrace reads from a node, as text and plain data (JSON-ready)."""
+
+    saves: dict[tuple[str, int], str]  # (backend, family) -> iptables-save text, "" when empty
+    commands: dict[tuple[str, int], str]  # (backend, family) -> the command that printed it
+    ipset: str | None = None  # ``ipset save`` output; None when ipset is missing or failed
+    # None: not read (a bundle without that file); the state then says "unknown".
+    addresses: list[dict] | None = None  # {ifname, family, address, prefixlen}
+    routes: list[dict] | None = None  # {table, family, dst, kind, dev, gateway}
+    policy_rules: list[dict] = field(default_factory=list)  # {family, priority, table}
+    sysctls: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # command -> its --version line
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- running commands -------------------------------------------------------
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+
+
+def missing_binary(name: str) -> EnvironmentProblem:
+    package = PACKAGES.get(name.split("-", 1)[0], name)
+    return EnvironmentProblem(f"{name} not found: install the Debian package {package!r} (apt-get install {package})")
+
+
+def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a read-only command; C locale so its messages can be recognised."""
+    try:
+        return subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            timeout=timeout,
+            env={**os.environ, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"{argv[0]} did not finish within {timeout:g}s (rules locked or very large?)") from None
+    except FileNotFoundError:
+        raise missing_binary(os.path.basename(argv[0])) from None
+    except PermissionError:
+        raise EnvironmentProblem(f"{argv[0]}: permission denied: {ROOT_MESSAGE}") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+# -- iptables rules -----------------------------------------------------------
+
+
+def save_commands() -> dict[tuple[str, int], str]:
+    """The save binary per (backend, family) on this machine."""
+    found: dict[tuple[str, int], str] = {}
+    for family in FAMILIES:
+        prefix = "ip6tables" if family == 6 else "iptables"
+        for backend in BACKENDS:
+            path = find_binary(f"{prefix}-{backend}-save")
+            if path:
+                found[(backend, family)] = path
+    if not found:
+        # iptables before 1.8 ships one save binary; its --version names the backend.
+        for family in FAMILIES:
+            prefix = "ip6tables" if family == 6 else "iptables"
+            path = find_binary(f"{prefix}-save")
+            if path:
+                version = run_command([path, "--version"], 10.0).stdout
+                found[("nft" if "nf_tables" in version else "legacy", family)] = path
+    return found
+
+
+def undeclared_jumps(text: str) -> list[str]:
+    """``table chain -> target`` for each jump to a chain the save does not declare."""
+    bad: list[str] = []
+    table = ""
+    declared: set[str] = set()
+    pending: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table, declared, pending = line[1:].strip(), set(), []
+        elif line.startswith(":"):
+            declared.add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A ") or (line.startswith("[") and "] -A " in line):
+            jumps = re.findall(r" -[jg] (\S+)", line)
+            if jumps:
+                chain = line.split("-A ", 1)[1].split(" ", 1)[0]
+                pending.append((chain, jumps[-1]))  # the target follows every match
+        elif line.strip() == "COMMIT":
+            for chain, target in pending:
+                # Extension targets are upper case without dashes (DNAT, MARK, ...).
+                is_chain = "-" in target or not target.isupper()
+                if target not in declared and is_chain:
+                    bad.append(f"{table} {chain} -> {target}")
+            pending = []
+    return bad
+
+
+def read_save(command: str, *, timeout: float, runner: Runner = run_command) -> tuple[str, list[str]]:
+    """One consistent iptables-save text (retried while it is not) and its warnings."""
+    name = os.path.basename(command)
+    problems: list[str] = []
+    for _attempt in range(1 + CONSISTENCY_RETRIES):
+        proc = runner([command], timeout)
+        if proc.returncode != 0:
+            err = proc.stderr.strip()
+            if _NO_LEGACY.search(err):
+                return "", []  # the legacy modules are not loaded: no legacy rules
+            if _DENIED.search(err):
+                raise EnvironmentProblem(ROOT_MESSAGE, detail=f"{name}: {_first_line(err)}")
+            raise EnvironmentProblem(f"{name} failed (exit {proc.returncode}): {_first_line(err) or 'no message'}")
+        problems = undeclared_jumps(proc.stdout)
+        if not problems:
+            return proc.stdout, []
+    shown = ", ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+    return proc.stdout, [
+        f"{name}: the rules kept changing while read ({1 + CONSISTENCY_RETRIES} tries): jumps to "
+        f"undeclared chains ({shown}); the answer may mix old and new rules"
+    ]
+
+
+def read_saves(
+    *, forced: str | None = None, timeout: float, runner: Runner = run_command
+) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str], list[str]]:
+    """Both backends, both families: split brain shows only when both are read."""
+    commands = save_commands()
+    wanted = forced or "nft"
+    if not commands or (forced and not any(b == forced for b, _f in commands)):
+        raise missing_binary(f"iptables-{wanted}-save")
+    saves: dict[tuple[str, int], str] = {}
+    warnings: list[str] = []
+    for key, command in commands.items():
+        text, w = read_save(command, timeout=timeout, runner=runner)
+        saves[key] = text
+        warnings.extend(w)
+    return saves, {k: os.path.basename(v) for k, v in commands.items()}, warnings
+
+
+def read_ipset(*, timeout: float, runner: Runner = run_command) -> str | None:
+    path = find_binary("ipset")
+    if path is None:
+        return None
+    try:
+        proc = runner([path, "save"], timeout)
+    except EnvironmentProblem:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+# -- addresses, routes, sysctls ------------------------------------------------
+
+
+def read_network() -> tuple[list[dict], list[dict], list[dict]]:
+    """Addresses, main+local routes and policy rules through netlink (pyroute2)."""
+    try:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError:
+        raise EnvironmentProblem("pyroute2 is not installed (pip install pyroute2)") from None
+    try:
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+            addresses = [
+                {
+                    "ifname": names.get(msg["index"]),
+                    "family": 6 if msg["family"] == 10 else 4,
+                    "address": msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"),
+                    "prefixlen": msg["prefixlen"],
+                }
+                for msg in ipr.get_addr()
+            ]
+            routes = [_route_entry(msg, names) for table in (254, 255) for msg in ipr.get_routes(table=table)]
+            rules = [
+                {"family": 6 if msg["family"] == 10 else 4, "priority": msg.get("FRA_PRIORITY", 0),
+                 "table": _table_name(msg.get("FRA_TABLE") or msg["table"])}
+                for family in (2, 10)
+                for msg in ipr.get_rules(family=family)
+            ]
+    except NetlinkError as exc:
+        raise EnvironmentProblem(f"cannot read addresses and routes over netlink: {exc}") from None
+    return addresses, routes, rules
+
+
+def _table_name(number: int) -> str:
+    return _TABLES.get(number, str(number))
+
+
+def _route_entry(msg: Mapping, names: Mapping[int, str | None]) -> dict:
+    family = 6 if msg["family"] == 10 else 4
+    dst = msg.get("RTA_DST") or ("::" if family == 6 else "0.0.0.0")
+    oif, gateway = msg.get("RTA_OIF"), msg.get("RTA_GATEWAY")
+    hops = msg.get("RTA_MULTIPATH") or []
+    if oif is None and hops:  # ECMP: the first next hop stands for the route
+        oif, gateway = hops[0].get("oif"), hops[0].get("RTA_GATEWAY")
+    return {
+        "table": _table_name(msg.get("RTA_TABLE") or msg["table"]),
+        "family": family,
+        "dst": f"{dst}/{msg['dst_len']}",
+        "kind": _RTN_KINDS.get(msg["type"], str(msg["type"])),
+        "dev": names.get(oif) if oif is not None else None,
+        "gateway": gateway,
+    }
+
+
+def read_sysctls() -> dict[str, str]:
+    """Opened now, so they are the values of the current network namespace."""
+    values: dict[str, str] = {}
+    for key in SYSCTLS:
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), encoding="ascii") as fh:
+                values[key] = fh.read().strip()
+        except OSError:
+            pass  # IPv6 disabled, or /proc/sys not mounted
+    return values
+
+
+# -- the whole collection ------------------------------------------------------
+
+
+def collect(
+    *,
+    backend: str | None = None,
+    timeout: float = 30.0,
+    versions: bool = False,
+    runner: Runner = run_command,
+) -> RawState:
+    """Read everything once: rules (both backends, both families), ipsets, network."""
+    saves, commands, warnings = read_saves(forced=check_backend(backend), timeout=timeout, runner=runner)
+    raw = RawState(saves=saves, commands=commands, warnings=warnings)
+    raw.ipset = read_ipset(timeout=timeout, runner=runner)
+    raw.addresses, raw.routes, raw.policy_rules = read_network()
+    raw.sysctls = read_sysctls()
+    if versions:
+        for key, command in save_commands().items():
+            if key in saves:
+                raw.versions[os.path.basename(command)] = _first_line(runner([command, "--version"], timeout).stdout)
+        ipset = find_binary("ipset")
+        if ipset and raw.ipset is not None:
+            raw.versions["ipset"] = _first_line(runner([ipset, "version"], timeout).stdout)
+    return raw
+
+
+def check_backend(backend: str | None) -> str | None:
+    if backend is not None and backend not in BACKENDS:
+        raise UsageError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    return str(backend) if backend is not None else None
+
+
+# -- raw state -> NodeState ----------------------------------------------------
+
+
+def _has_kube_chains(text: str) -> bool:
+    return re.search(r"^:KUBE-", text, re.M) is not None
+
+
+def choose_backend(saves: Mapping[tuple[str, int], str], forced: str | None) -> tuple[str, list[str]]:
+    """The backend holding kube-proxy's chains (nft when both do), and warnings."""
+    kube = [b for b in BACKENDS if any(_has_kube_chains(t) for (b2, _f), t in saves.items() if b2 == b)]
+    warnings: list[str] = []
+    if forced:
+        chosen = forced
+    elif kube:
+        chosen = kube[0]
+    else:
+        has_rules = [b for b in BACKENDS if any(t.strip() for (b2, _f), t in saves.items() if b2 == b)]
+        chosen = has_rules[0] if has_rules else "nft"
+    if not kube:
+        warnings.append(
+            "no kube-proxy chains (KUBE-*) in iptables-nft or iptables-legacy: kube-proxy is not "
+            "running in iptables mode here (nftables or IPVS mode, or another network namespace?)"
+        )
+    if len(kube) == 2:
+        why = "as asked" if forced else "nft is preferred"
+        warnings.append(
+            "SPLIT BRAIN: kube-proxy's chains (KUBE-*) are in both iptables-nft and iptables-legacy: "
+            "kube-proxy and another component disagree on the iptables backend, and the kernel runs "
+            f"both rule sets; this answer uses only iptables-{chosen} ({why})"
+        )
+    elif forced and kube and forced not in kube:
+        warnings.append(f"kube-proxy's chains (KUBE-*) are in iptables-{kube[0]}, but iptables-{forced} was asked for")
+    if len(kube) < 2:
+        for (b, family), text in sorted(saves.items()):
+            rules = len(re.findall(r"^(?:\[\d+:\d+\] )?-A ", text, re.M))
+            if b != chosen and rules:
+                warnings.append(
+                    f"iptables-{b} also holds {rules} IPv{family} rules: the kernel applies them too, "
+                    "but this answer does not include them"
+                )
+    return chosen, warnings
+
+
+@contextmanager
+def reading(source: str) -> Iterator[None]:
+    """Malformed JSON-shaped data becomes a ParseError naming its file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ParseError(f"malformed entry: {type(exc).__name__}: {exc}", source=source) from None
+
+
+def rulesets_from_saves(
+    saves: Mapping[tuple[str, int], str], backend: str, *, sources: Mapping[tuple[str, int], str], lenient: bool
+) -> tuple[list[Ruleset], list[str]]:
+    """Parse the chosen backend's saves.
+
+    This is the one place rules enter a live or dumped state; a reader that fetches
+    single chains on demand (``iptables -w -t TABLE -S CHAIN``) would replace it with a
+    Ruleset whose loader runs that command.
+    """
+    rulesets: list[Ruleset] = []
+    warnings: list[str] = []
+    for family in FAMILIES:
+        text = saves.get((backend, family), "")
+        if not re.search(r"^\*", text, re.M):
+            continue  # no tables in this family
+        source = sources.get((backend, family), f"{backend}-v{family}")
+        if kube_proxy_mode(text) == "ipvs":
+            raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet")
+        found, w = parse_save(text, source=source, lenient=lenient, backend=backend)
+        for rs in found:
+            rs.family = family  # the command says which family; the text may not
+        rulesets.extend(found)
+        warnings.extend(w)
+    return rulesets, warnings
+
+
+def _no_chain(_table: str, _chain: str) -> None:
+    return None
+
+
+def build_state(
+    raw: RawState,
+    *,
+    kind: SourceKind,
+    backend: str | None,
+    lenient: bool,
+    sources: Mapping[str, str],
+    rule_sources: Mapping[tuple[str, int], str],
+    paths: tuple[str, ...] = (),
+    time: str | None = None,
+) -> NodeState:
+    """``sources`` names where each part came from (addresses, routes, ipset), for errors."""
+    chosen, warnings = choose_backend(raw.saves, check_backend(backend))
+    rulesets, parse_warnings = rulesets_from_saves(raw.saves, chosen, sources=rule_sources, lenient=lenient)
+    # A family without tables on the node accepts everything: still traceable.
+    for family in sorted(set(FAMILIES) - {rs.family for rs in rulesets}):
+        rulesets.append(Ruleset(family, {}, _no_chain, source=f"iptables-{chosen} IPv{family} (no rules)", backend=chosen))
+    ipsets = None
+    if raw.ipset is not None:
+        ipsets = parse_ipset_save(raw.ipset, source=sources.get("ipset", "ipset save"))
+    local_ips = routes = None
+    if raw.addresses is not None:
+        with reading(sources.get("addresses", "addresses")):
+            local_ips = frozenset(ipaddress.ip_address(a["address"]) for a in raw.addresses if a.get("address"))
+    with reading(sources.get("routes", "routes")):
+        if raw.routes is not None:
+            routes = tuple(
+                Route(
+                    dst=ipaddress.ip_network(r["dst"], strict=False),
+                    kind=str(r.get("kind", "unicast")),
+                    dev=r.get("dev"),
+                    gateway=ipaddress.ip_address(r["gateway"]) if r.get("gateway") else None,
+                    table=str(r.get("table", "main")),
+                )
+                for r in raw.routes
+            )
+        other_tables = sorted({str(r["table"]) for r in raw.policy_rules} - {"local", "main", "default"})
+    if other_tables:
+        warnings.append(
+            f"policy routing sends some packets to routing tables {', '.join(other_tables)}: "
+            "kptrace routes with the main table only"
+        )
+    return NodeState(
+        rulesets=rulesets,
+        provenance=Provenance(kind=kind, backend=chosen, paths=paths, time=time),
+        local_ips=local_ips,
+        routes=routes,
+        ipsets=ipsets,
+        sysctls=dict(raw.sysctls),
+        warnings=[*raw.warnings, *warnings, *parse_warnings],
+    )
