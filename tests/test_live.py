@@ -84,7 +84,8 @@ def test_live_equals_file(ns: str, fixture: str, backend: str) -> None:
     node_ips = data["nodeIPs"] if data else ["192.168.0.2", "2001:db8::1"]
     restore(ns, fixture, backend)
     add_node_addresses(ns, node_ips)
-    ns_sh(ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")  # as kube-proxy sets it
+    # as on a Kubernetes node: kube-proxy sets route_localnet, the node forwards
+    ns_sh(ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
     live = load_live_in(ns)
     local = frozenset(ipaddress.ip_address(a) for a in (data["localIPs"] if data else node_ips))

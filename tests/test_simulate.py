@@ -229,3 +229,10 @@ def test_unknown_match_that_changes_nothing_is_not_uncertain() -> None:
     n = node(filt="-A FORWARD -m owner --uid-owner 0 -j LOG --log-prefix x\n")
     (o,) = trace(n, pkt("10.9.9.9")).outcomes
     assert o.probability == 1.0 and o.uncertain == ()
+
+
+def test_forwarding_disabled_drops_before_forward() -> None:
+    n = node(filt="-A FORWARD -j ACCEPT\n", sysctls={"net.ipv4.ip_forward": "0"})
+    (o,) = trace(n, pkt("10.9.9.9")).outcomes
+    assert o.verdict == "drop" and "ip_forward=0" in o.reason
+    assert "filter FORWARD" not in o.path

@@ -99,7 +99,7 @@ def svc(
     """Show how kube-proxy implements a Service: addresses, endpoints with their shares,
     masquerading, NodePort/LoadBalancer/external paths, and what happens without endpoints."""
     Settings.output, Settings.debug = output, Settings.debug or debug
-    from ..kube.catalog import Catalog
+    from ..kube.catalog import Catalog, service_names
     from ..kube.describe import describe
     from ..render.svc import svc_dict, svc_tree
 
@@ -111,10 +111,10 @@ def svc(
     for rs in state.rulesets:
         if family is not None and rs.family not in (family, None):
             continue
-        catalog = Catalog(rs)
-        candidates.extend(catalog.names())
+        catalog = Catalog.for_target(rs, target)
         reports.extend(describe(rs, sp) for sp in catalog.find(target))
     if not reports:
+        candidates = [n for rs in state.rulesets for n in service_names(rs)]
         raise NotFound(f"Service {target!r} not found in the rules read{_suggest(target, candidates)}")
     _print(svc_tree(reports, state, warnings) if output is Output.tree else svc_dict(reports, state, warnings))
     if any(r.uncertain for r in reports):

@@ -13,10 +13,13 @@ import re
 from dataclasses import dataclass, field
 
 from ..model.packet import IPAddress, format_endpoint
-from ..model.rules import Rule, Ruleset
+from typing import Callable, Iterator
+
+from ..model.rules import Chain, Rule, Ruleset
 from . import naming
 from .comments import service_in_comment
 
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 _HASHED = re.compile(r"^KUBE-(SVC|EXT|FW|SVL|XLB)-([A-Z2-7]{16})$")
 
 
@@ -66,11 +69,49 @@ class ServicePort:
 
 
 class Catalog:
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, text_filter: Callable[[str], bool] | None = None) -> None:
+        """``text_filter`` picks, from its raw text, which rules to parse (see ``for_target``)."""
         self.ruleset = ruleset
+        self._wanted = text_filter
         self.ports: dict[str, ServicePort] = {}
         self._by_name: dict[str, str] = {}  # ns/name:port -> key
         self._build()
+
+    @classmethod
+    def for_target(cls, ruleset: Ruleset, target: str) -> Catalog:
+        """A catalog that parses only the rules whose text can concern ``target``."""
+        ip, port = _ip_port(target)
+        if ip is not None:
+            # First the Service ports at that address (or NodePort), then all their rules.
+            addr = (f" {ip}/", f" {ip} ")
+            node_port = f"--dport {port} " if port else None
+
+            def at_address(raw: str) -> bool:
+                if any(a in raw for a in addr):
+                    return True
+                return node_port is not None and node_port in raw and raw.startswith("-A KUBE-NODEPORTS ")
+
+            first = cls(ruleset, at_address)
+            names = [sp.name for sp in first.find(target) if sp.name]
+            keys = [sp.key for sp in first.find(target)]
+            needles = [f"{n} " for n in names] + [f'{n}"' for n in names] + keys
+            if not needles:
+                return first
+            return cls(ruleset, lambda raw: at_address(raw) or any(n in raw for n in needles))
+        if "/" not in target:
+            return cls(ruleset, lambda _raw: False)
+        ns_name, _, port_sel = target.partition(":")
+        ns, _, name = ns_name.partition("/")
+        needles = [ns_name]
+        for spn in {naming.service_port_name(ns, name), naming.service_port_name(ns, name, port_sel)}:
+            for proto in ("tcp", "udp", "sctp"):
+                needles.append(naming.service_chain("", spn, proto))
+        return cls(ruleset, lambda raw: any(n in raw for n in needles))
+
+    def _rules(self, chain: Chain) -> Iterator[Rule]:
+        for i in range(len(chain)):
+            if self._wanted is None or self._wanted(chain.raw(i)):
+                yield chain.rule(i)
 
     def _port(self, key: str) -> ServicePort:
         sp = self.ports.get(key)
@@ -95,7 +136,7 @@ class Catalog:
             chain = rs.chain("nat", chain_name)
             if chain is None:
                 continue
-            for rule in chain.rules:
+            for rule in self._rules(chain):
                 target = rule.target.name if rule.target else ""
                 m = _HASHED.match(target)
                 if m is None:
@@ -117,7 +158,7 @@ class Catalog:
             chain = rs.chain("filter", chain_name)
             if chain is None:
                 continue
-            for rule in chain.rules:
+            for rule in self._rules(chain):
                 name = service_in_comment(rule.comment)
                 key = self._key_for_filter_rule(rule, name)
                 if key is None:
@@ -212,6 +253,22 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted({sp.name for sp in self.ports.values() if sp.name})
+
+
+def service_names(ruleset: Ruleset) -> list[str]:
+    """Every Service port named in kube-proxy's comments, read from the text alone."""
+    names: set[str] = set()
+    for table, chain_name in (("nat", "KUBE-SERVICES"), ("nat", "KUBE-NODEPORTS"), ("filter", "KUBE-SERVICES"), ("filter", "KUBE-EXTERNAL-SERVICES")):
+        chain = ruleset.chain(table, chain_name)
+        if chain is None:
+            continue
+        for i in range(len(chain)):
+            m = _COMMENT.search(chain.raw(i))
+            if m:
+                name = service_in_comment(m.group(1) if m.group(1) is not None else m.group(2))
+                if name:
+                    names.add(name)
+    return sorted(names)
 
 
 def _entry_kind(rule: Rule, prefix: str) -> str:

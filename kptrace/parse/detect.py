@@ -9,7 +9,7 @@ Format = Literal["iptables-save", "ipset-save", "nft-json", "nft-text", "ipvsadm
 
 _IPVS_HINTS = (
     re.compile(r"--match-set KUBE-(CLUSTER-IP|LOAD-BALANCER|NODE-PORT|EXTERNAL-IP)"),
-    re.compile(r"^:KUBE-(LOAD-BALANCER|IPVS-|NODE-PORT) ", re.M),
+    re.compile(r"\n:KUBE-(LOAD-BALANCER|IPVS-|NODE-PORT) "),
 )
 
 

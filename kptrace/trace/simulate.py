@@ -18,6 +18,7 @@ from ..model.rules import Rule, Ruleset, Target
 from ..model.state import NodeState
 from . import hooks
 from .matches import Chance, Unknown, evaluate
+from .prefilter import cannot_match
 from ..kube.comments import service_of_hops
 
 MAX_PATHS = 20000
@@ -256,14 +257,23 @@ class _Simulator:
             route = self._lookup_route(st.dst)
             if route is False:
                 st.verdict = "drop" if not local_origin else "reject"
-                st.reason = (
-                    f"no route to {st.dst}: " + ("the socket's connect() fails" if local_origin else "the kernel drops it before FORWARD")
+                st.reason = f"no route to {st.dst}: " + (
+                    "the socket's connect() fails (network unreachable)"
+                    if local_origin
+                    else "the kernel drops it before FORWARD (and answers ICMP unreachable)"
                 )
                 st.path.append(f"routing: no route to {st.dst}")
                 finished.append(st)
                 return None
             if route is not None:
                 st.oif = route
+            if not local_origin and not self._forwarding(st.dst.version):
+                st.verdict = "drop"
+                key = "net.ipv4.ip_forward" if st.dst.version == 4 else "net.ipv6.conf.all.forwarding"
+                st.reason = f"{key}=0: the node does not forward, the kernel drops it before FORWARD"
+                st.path.append("routing: forwarding disabled")
+                finished.append(st)
+                return None
             if st.src is not None and st.src.is_loopback and not before_nat:
                 if st.src.version == 6:
                     st.verdict = "drop"
@@ -285,6 +295,14 @@ class _Simulator:
         if not before_nat:
             st.path.append(f"routing: {how} ({st.dst})")
         return local
+
+    def _forwarding(self, family: int) -> bool:
+        key = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
+        value = self.node.sysctls.get(key)
+        if value is None:
+            self.ctx.assume("the node forwards packets (ip_forward=1, as on every Kubernetes node)")
+            return True
+        return value.strip() != "0"
 
     def _lookup_route(self, dst: IPAddress) -> str | None | bool:
         """Output interface name, None if unknown, False if there is no route."""
@@ -325,15 +343,19 @@ class _Simulator:
         if len(stack) >= MAX_DEPTH:
             raise JumpLoop(f"jumps nest deeper than {MAX_DEPTH} chains in table {table}: {' -> '.join(stack[:5])} ...")
         chain = self.rs.chain(table, name)
-        rules = chain.rules if chain is not None else []
+        count = len(chain) if chain is not None else 0
         stack = stack + (name,)
         results: list[tuple[PathState, str]] = []
         work: list[tuple[PathState, int]] = [(st, 0)]
         while work:
             s, i = work.pop()
             ended = False
-            while i < len(rules):
-                rule = rules[i]
+            while i < count:
+                assert chain is not None
+                if cannot_match(chain.raw(i), s.dst, s.dport):
+                    i += 1  # ruled out from its text: no need to parse it
+                    continue
+                rule = chain.rule(i)
                 i += 1
                 matched, forks = self._match_rule(rule, s)
                 for other in reversed(forks):
