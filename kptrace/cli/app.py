@@ -38,7 +38,7 @@ app = typer.Typer(
     "kube-proxy's rules (live, or saved with --from) and follows a packet through them.\n\n"
     + EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -1,0 +1,1 @@
+complete --command kptrace --no-files --arguments "(env _KPTRACE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) kptrace)" --condition "env _KPTRACE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) kptrace"
