@@ -14,7 +14,10 @@ def source_dict(node: NodeState) -> dict[str, Any]:
 
 def source_line(node: NodeState) -> str:
     p = node.provenance
-    where = ", ".join(p.paths) if p.paths else "this node"
+    if p.kind == "dump" and p.paths:
+        where = p.paths[0].rsplit("/", 1)[0] if "/" in p.paths[0] else p.paths[0]  # the bundle
+    else:
+        where = ", ".join(p.paths) if p.paths else "this node"
     fams = sorted({f"IPv{rs.family}" for rs in node.rulesets if rs.family})
     bits = [p.kind, where]
     if p.backend:
