@@ -85,6 +85,9 @@ def add_node_addresses(ns: str, addresses: list[str], *, default_route: bool = T
     """The node's IPs on one interface (dummy, or a veth pair where the kernel has no
     dummy driver), with default routes through it; returns the interface name."""
     dev = "node0"
+    # No IPv6 link-local addresses: the kernel adds them asynchronously after link up, which
+    # would make two reads of the same namespace differ.
+    ns_sh(ns, "sysctl", "-qw", "net.ipv6.conf.default.addr_gen_mode=1", "net.ipv6.conf.all.addr_gen_mode=1")
     if ns_sh(ns, "ip", "link", "add", dev, "type", "dummy", check=False).returncode != 0:
         ns_sh(ns, "ip", "link", "add", dev, "type", "veth", "peer", "name", "node0p")
         ns_sh(ns, "ip", "link", "set", "node0p", "up")

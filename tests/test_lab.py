@@ -17,8 +17,6 @@ import pytest
 
 from _kernel import require_root_and
 from clirunner import Result, run
-from kptrace.cli.app import app
-from kptrace.cli.lab_cmd import lab_app
 from kptrace.errors import EnvironmentProblem, UsageError
 from kptrace.lab import CLIENT_NS, FIXED_NAMESPACES, NODE_NS, REMOTE_NS, STATE_FILE, is_lab_namespace
 from kptrace.lab import build

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,6 +19,7 @@ from .common import (
     Output,
     OutputOpt,
     Settings,
+    emit,
     exit_with,
     load_state,
     parse_hostport,
@@ -70,16 +71,6 @@ def main_callback(
         enter_netns(netns)
 
 
-def _print(data: Any) -> None:
-    """Tree output through rich; JSON plain on stdout."""
-    if Settings.output is Output.json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        return
-    from rich.console import Console
-
-    Console(highlight=False, soft_wrap=False).print(data)
-
-
 @app.command(
     epilog="Examples:\n\n"
     "  kptrace svc default/webapp --from examples/webapp.save\n\n"
@@ -116,7 +107,7 @@ def svc(
     if not reports:
         candidates = [n for rs in state.rulesets for n in service_names(rs)]
         raise NotFound(f"Service {target!r} not found in the rules read{_suggest(target, candidates)}")
-    _print(svc_tree(reports, state, warnings) if output is Output.tree else svc_dict(reports, state, warnings))
+    emit(svc_tree(reports, state, warnings) if output is Output.tree else svc_dict(reports, state, warnings))
     if any(r.uncertain for r in reports):
         exit_with(ExitStatus.UNCERTAIN)
     if any(r.blocked for r in reports):
@@ -207,7 +198,7 @@ def packet(
     warnings = list(state.warnings)
     if src_ip is None:
         result.assumptions.insert(0, "no --src: a packet from another host whose address kptrace does not know")
-    _print(packet_tree(result, state, warnings) if output is Output.tree else packet_dict(result, state, warnings))
+    emit(packet_tree(result, state, warnings) if output is Output.tree else packet_dict(result, state, warnings))
     if result.uncertain:
         exit_with(ExitStatus.UNCERTAIN)
     if any(o.verdict != "accept" for o in result.outcomes):

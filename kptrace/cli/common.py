@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -124,6 +126,16 @@ def load_state(
     if ips:
         state.local_ips = ips | (state.local_ips or frozenset())
     return state
+
+
+def emit(data: Any) -> None:
+    """JSON plain on stdout, or a rich renderable through rich."""
+    if Settings.output is Output.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    from rich.console import Console
+
+    Console(highlight=False, soft_wrap=False).print(data)
 
 
 def exit_with(status: ExitStatus) -> None:

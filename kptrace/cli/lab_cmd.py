@@ -3,15 +3,13 @@ kptrace's answers against real traffic."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from ..errors import ExitStatus
-from .common import Backend, Output, OutputOpt, Settings, exit_with
+from .common import Backend, Output, OutputOpt, Settings, emit, exit_with
 
 lab_app = typer.Typer(
     name="lab",
@@ -27,12 +25,7 @@ lab_app = typer.Typer(
 
 
 def _emit(data: Any, tree: Any) -> None:
-    if Settings.output is Output.json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        return
-    from rich.console import Console
-
-    Console(highlight=False, soft_wrap=False).print(tree)
+    emit(data if Settings.output is Output.json else tree)
 
 
 @lab_app.command(

@@ -8,11 +8,10 @@ asks about (kube-proxy drops some comments above 1,000 endpoints).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from ..model.packet import IPAddress, format_endpoint
+from ..model.packet import IPAddress, format_endpoint, split_endpoint
 from typing import Callable, Iterator
 
 from ..model.rules import Chain, Rule, Ruleset
@@ -80,7 +79,7 @@ class Catalog:
     @classmethod
     def for_target(cls, ruleset: Ruleset, target: str) -> Catalog:
         """A catalog that parses only the rules whose text can concern ``target``."""
-        ip, port = _ip_port(target)
+        ip, port = split_endpoint(target)
         if ip is not None:
             # First the Service ports at that address (or NodePort), then all their rules.
             addr = (f" {ip}/", f" {ip} ")
@@ -206,7 +205,7 @@ class Catalog:
     # -- lookups -----------------------------------------------------------
     def find(self, target: str) -> list[ServicePort]:
         """Ports for ``ns/name``, ``ns/name:port`` (name or number) or ``IP:PORT``."""
-        ip, port = _ip_port(target)
+        ip, port = split_endpoint(target)
         if ip is not None:
             return self._find_address(ip, port)
         ns_name, _, port_sel = target.partition(":")
@@ -243,7 +242,7 @@ class Catalog:
             for e in sp.entries:
                 if e.kind.startswith("node-port"):
                     continue
-                eip, eport = _ip_port(e.address)
+                eip, eport = split_endpoint(e.address)
                 if eip == ip and (port is None or eport == port):
                     out.append(sp)
                     break
@@ -296,19 +295,5 @@ def _has_port(sp: ServicePort, sel: str) -> bool:
         return False
     n = int(sel)
     return any(
-        _ip_port(e.address)[1] == n for e in sp.entries if not e.kind.startswith("node-port")
+        split_endpoint(e.address)[1] == n for e in sp.entries if not e.kind.startswith("node-port")
     ) or sp.node_port == n
-
-
-def _ip_port(text: str) -> tuple[IPAddress | None, int | None]:
-    text = text.strip()
-    try:
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            return ipaddress.ip_address(host), int(rest[1:]) if rest.startswith(":") and rest[1:] else None
-        if text.count(":") == 1:
-            host, p = text.split(":")
-            return ipaddress.ip_address(host), int(p) if p else None
-        return ipaddress.ip_address(text), None
-    except ValueError:
-        return None, None

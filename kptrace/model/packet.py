@@ -43,3 +43,18 @@ def format_endpoint(ip: IPAddress | str, port: int | None) -> str:
     if ":" in text:
         return f"[{text}]:{port}"
     return f"{text}:{port}"
+
+
+def split_endpoint(text: str) -> tuple[IPAddress | None, int | None]:
+    """``10.0.0.1:80``, ``10.0.0.1``, ``[fd00::1]:80`` -> (address, port); (None, None) if unreadable."""
+    text = text.strip()
+    try:
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            return ipaddress.ip_address(host), int(rest[1:]) if rest.startswith(":") and rest[1:] else None
+        if text.count(":") == 1:
+            host, port = text.split(":")
+            return ipaddress.ip_address(host), int(port) if port else None
+        return ipaddress.ip_address(text), None
+    except ValueError:
+        return None, None

@@ -32,6 +32,13 @@ class Option:
         return " ".join(self.args)
 
 
+def find_option(options: tuple[Option, ...], names: tuple[str, ...]) -> Option | None:
+    for opt in options:
+        if opt.name in names:
+            return opt
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """``-m tcp --dport 80`` is Match("tcp", ...); built-ins (-s -d -p -i -o -f) use module ""."""
@@ -40,10 +47,7 @@ class Match:
     options: tuple[Option, ...] = ()
 
     def option(self, *names: str) -> Option | None:
-        for opt in self.options:
-            if opt.name in names:
-                return opt
-        return None
+        return find_option(self.options, names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +57,7 @@ class Target:
     goto: bool = False
 
     def option(self, *names: str) -> Option | None:
-        for opt in self.options:
-            if opt.name in names:
-                return opt
-        return None
+        return find_option(self.options, names)
 
 
 @dataclass(frozen=True, slots=True)

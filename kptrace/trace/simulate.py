@@ -13,8 +13,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ..errors import KptraceError
-from ..model.packet import IPAddress, Packet, format_endpoint
-from ..model.rules import Rule, Ruleset, Target
+from ..model.packet import IPAddress, Packet, format_endpoint, split_endpoint
+from ..model.rules import Rule, Ruleset
 from ..model.state import NodeState
 from . import hooks
 from .matches import Chance, Unknown, evaluate
@@ -497,7 +497,7 @@ class _Simulator:
         if name == "DNAT":
             opt = target.option("--to-destination", "--to")
             to = opt.value if opt else ""
-            ip, port = _split_hostport(to)
+            ip, port = split_endpoint(to)
             if ip is not None:
                 st.dst = ip
                 if port is not None:
@@ -619,18 +619,3 @@ def _strip_assumption(text: str) -> str:
         if text.startswith(prefix):
             return text[len(prefix):]
     return text
-
-
-def _split_hostport(text: str) -> tuple[IPAddress | None, int | None]:
-    """``10.0.0.1:80``, ``10.0.0.1``, ``[fd00::1]:80`` -> (address, port)."""
-    try:
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else None
-            return ipaddress.ip_address(host), port
-        if text.count(":") == 1:
-            host, port_s = text.split(":")
-            return ipaddress.ip_address(host), int(port_s) if port_s else None
-        return ipaddress.ip_address(text), None
-    except ValueError:
-        return None, None
