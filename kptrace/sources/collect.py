@@ -23,6 +23,7 @@ from ..model.state import NodeState, Provenance, Route, SourceKind
 from ..parse.detect import kube_proxy_mode
 from ..parse.ipset import parse_ipset_save
 from ..parse.iptables_save import parse_save
+from .chains import ROOT_MESSAGE, ChainList, list_chains, per_chain_ruleset, skeleton_save
 
 BACKENDS = ("nft", "legacy")
 FAMILIES = (4, 6)
@@ -40,7 +41,7 @@ PACKAGES = {
 SBIN_DIRS: tuple[str, ...] = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # A save that jumps to an undeclared chain was read while the rules changed.
 CONSISTENCY_RETRIES = 3
-ROOT_MESSAGE = "needs root (CAP_NET_ADMIN): run with sudo or use --from FILE"
+
 
 _RTN_KINDS = {
     1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
@@ -67,6 +68,10 @@ class RawState:
     sysctls: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # command -> its --version line
     warnings: list[str] = field(default_factory=list)
+    # Live only: the nft backend's chain names, when its chains are fetched one by one.
+    nft_chains: dict[int, ChainList] | None = None
+    timeout: float = 30.0
+    runner: Runner | None = None
 
 
 # -- running commands -------------------------------------------------------
@@ -179,7 +184,7 @@ def read_save(command: str, *, timeout: float, runner: Runner = run_command) -> 
 
 
 def read_saves(
-    *, forced: str | None = None, timeout: float, runner: Runner = run_command
+    *, forced: str | None = None, timeout: float, runner: Runner = run_command, skip: tuple[str, ...] = ()
 ) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str], list[str]]:
     """Both backends, both families: split brain shows only when both are read."""
     commands = save_commands()
@@ -189,6 +194,8 @@ def read_saves(
     saves: dict[tuple[str, int], str] = {}
     warnings: list[str] = []
     for key, command in commands.items():
+        if key[0] in skip:
+            continue
         text, w = read_save(command, timeout=timeout, runner=runner)
         saves[key] = text
         warnings.extend(w)
@@ -282,10 +289,25 @@ def collect(
     timeout: float = 30.0,
     versions: bool = False,
     runner: Runner = run_command,
+    per_chain: bool = False,
 ) -> RawState:
     """Read everything once: rules (both backends, both families), ipsets, network."""
-    saves, commands, warnings = read_saves(forced=check_backend(backend), timeout=timeout, runner=runner)
-    raw = RawState(saves=saves, commands=commands, warnings=warnings)
+    forced = check_backend(backend)
+    nft_chains = None
+    if per_chain and forced in (None, "nft"):
+        nft = find_binary("nft")
+        if nft is not None and find_binary("iptables-nft"):
+            listed = list_chains(nft, timeout=timeout, runner=runner)
+            if any(name.startswith("KUBE-") for fam in listed.values() for t in fam.values() for name, _ in t):
+                nft_chains = listed
+    saves, commands, warnings = read_saves(
+        forced=forced, timeout=timeout, runner=runner, skip=("nft",) if nft_chains is not None else ()
+    )
+    if nft_chains is not None:
+        for family in FAMILIES:
+            saves[("nft", family)] = skeleton_save(nft_chains.get(family, {}))
+            commands[("nft", family)] = f"{'ip6tables' if family == 6 else 'iptables'}-nft"
+    raw = RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner)
     raw.ipset = read_ipset(timeout=timeout, runner=runner)
     raw.addresses, raw.routes, raw.policy_rules = read_network()
     raw.sysctls = read_sysctls()
@@ -383,6 +405,21 @@ def rulesets_from_saves(
     return rulesets, warnings
 
 
+def _per_chain_rulesets(raw: RawState, *, lenient: bool) -> tuple[list[Ruleset], list[str]]:
+    assert raw.nft_chains is not None
+    rulesets = []
+    for family, tables in sorted(raw.nft_chains.items()):
+        command = find_binary("ip6tables-nft" if family == 6 else "iptables-nft")
+        if not tables or command is None:
+            continue
+        if kube_proxy_mode(skeleton_save(tables)) == "ipvs":
+            raise UnsupportedMode(f"iptables-nft IPv{family}: kube-proxy's IPVS mode detected: not supported yet")
+        rulesets.append(
+            per_chain_ruleset(family, tables, command=command, timeout=raw.timeout, runner=raw.runner or run_command, lenient=lenient)
+        )
+    return rulesets, []
+
+
 def _no_chain(_table: str, _chain: str) -> None:
     return None
 
@@ -400,7 +437,10 @@ def build_state(
 ) -> NodeState:
     """``sources`` names where each part came from (addresses, routes, ipset), for errors."""
     chosen, warnings = choose_backend(raw.saves, check_backend(backend))
-    rulesets, parse_warnings = rulesets_from_saves(raw.saves, chosen, sources=rule_sources, lenient=lenient)
+    if chosen == "nft" and raw.nft_chains is not None:
+        rulesets, parse_warnings = _per_chain_rulesets(raw, lenient=lenient)
+    else:
+        rulesets, parse_warnings = rulesets_from_saves(raw.saves, chosen, sources=rule_sources, lenient=lenient)
     # A family without tables on the node accepts everything: still traceable.
     for family in sorted(set(FAMILIES) - {rs.family for rs in rulesets}):
         rulesets.append(Ruleset(family, {}, _no_chain, source=f"iptables-{chosen} IPv{family} (no rules)", backend=chosen))

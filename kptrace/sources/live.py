@@ -15,11 +15,13 @@ def load_live(
     lenient: bool = False,
     timeout: float = 30.0,
     runner: Runner = run_command,
+    per_chain: bool = True,
 ) -> NodeState:
     """The node's state now. ``backend`` ("nft" or "legacy") overrides the choice of
-    the backend holding kube-proxy's chains; ``timeout`` bounds each command."""
+    the backend holding kube-proxy's chains; ``timeout`` bounds each command.
+    ``per_chain`` fetches the nft backend's chains only when a question reaches them."""
     time = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    raw = collect(backend=backend, timeout=timeout, runner=runner)
+    raw = collect(backend=backend, timeout=timeout, runner=runner, per_chain=per_chain)
     return build_state(
         raw,
         kind="live",
