@@ -171,7 +171,7 @@ def snapshot(value: Any) -> Any:
         for table in rs.tables:
             for chain in rs.iter_chains(table):  # rebuilt parsed: a lazy parser does not pickle
                 chains[(table, chain.name)] = Chain(table, chain.name, chain.policy, list(chain.rules), line=chain.line)
-        names = {t: rs.chain_names(t) for t in rs.tables}
+        names = {t: rs.chain_names(t) for t in rs.tables if rs.chain_names(t)}
         rulesets.append(Ruleset(rs.family, names, functools.partial(_stored_chain, chains), source=rs.source, backend=rs.backend))
     return replace(value, rulesets=rulesets)
 

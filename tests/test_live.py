@@ -99,7 +99,8 @@ def test_live_equals_file(ns: str, fixture: str, backend: str) -> None:
     assert not [w for w in live.warnings if "SPLIT BRAIN" in w or "changing" in w]
     live_rs, file_rs = live.ruleset_for(family), files.ruleset_for(family)
     assert live_rs is not None and file_rs is not None
-    assert sorted(live_rs.tables) == sorted(file_rs.tables)  # legacy prints nat first
+    # (the nft backend read per chain takes every table as present: a missing one reads as empty)
+    assert sorted(t for t in live_rs.tables if live_rs.chain_names(t)) == sorted(file_rs.tables)
     assert chain_texts(live_rs) == chain_texts(file_rs)
     assert local <= (live.local_ips or frozenset())
     assert live.sysctls["net.ipv4.conf.all.route_localnet"] == "1"

@@ -172,21 +172,28 @@ class Ruleset:
     """One family's tables, with chains looked up by name.
 
     Chains are produced by a loader function so that a source can parse (or fetch)
-    only the chains a question reaches; results are cached.
+    only the chains a question reaches; results are cached. A live source may not know
+    every chain name up front (listing 100,000 chains costs more than the question):
+    it gives the tables and a function that lists the names when something needs them;
+    until then a chain exists when the loader finds it.
     """
 
     def __init__(
         self,
         family: int | None,
-        chain_names: dict[str, list[str]],
+        chain_names: dict[str, list[str]] | None,
         loader: Callable[[str, str], Chain | None],
         *,
         source: str = "<input>",
         backend: str | None = None,
+        tables: list[str] | None = None,
+        list_names: Callable[[], dict[str, list[str]]] | None = None,
     ) -> None:
         self.family = family  # 4, 6, or None when nothing in it says
         self._chain_names = chain_names
-        self._name_sets = {table: set(names) for table, names in chain_names.items()}
+        self._name_sets = {t: set(n) for t, n in chain_names.items()} if chain_names is not None else None
+        self._tables = list(chain_names) if chain_names is not None else list(tables or ())
+        self._list_names = list_names
         self._loader = loader
         self._cache: dict[tuple[str, str], Chain | None] = {}
         self.source = source
@@ -194,18 +201,27 @@ class Ruleset:
 
     @property
     def tables(self) -> list[str]:
-        return list(self._chain_names)
+        return list(self._tables)
+
+    def _names(self) -> dict[str, list[str]]:
+        if self._chain_names is None:
+            self._chain_names = self._list_names() if self._list_names else {}
+            self._name_sets = {t: set(n) for t, n in self._chain_names.items()}
+        return self._chain_names
 
     def chain_names(self, table: str) -> list[str]:
-        return list(self._chain_names.get(table, ()))
+        return list(self._names().get(table, ()))
 
     def has_chain(self, table: str, name: str) -> bool:
+        if self._name_sets is None:
+            return self.chain(table, name) is not None
         return name in self._name_sets.get(table, ())
 
     def chain(self, table: str, name: str) -> Chain | None:
         key = (table, name)
         if key not in self._cache:
-            self._cache[key] = self._loader(table, name) if self.has_chain(table, name) else None
+            known = self._name_sets is None or name in self._name_sets.get(table, ())
+            self._cache[key] = self._loader(table, name) if known and table in self._tables else None
         return self._cache[key]
 
     def iter_chains(self, table: str) -> Iterator[Chain]:

@@ -2,9 +2,10 @@
 
 A full ``iptables-nft-save`` of a node with 10,000 Services takes minutes (it formats
 every rule), while ``iptables-nft -t nat -S CHAIN`` takes milliseconds: the nf_tables
-backend fetches just that chain. So on the nft backend kptrace lists the chain names
-once (``nft list chains``, names only) and fetches a chain's rules only when a question
-reaches it. The legacy backend fetches a whole table for any listing, so there a full
+backend fetches just that chain. So on the nft backend kptrace fetches a chain's rules
+only when a question reaches it; even the list of chain names (``nft list chains``: a
+second on such a node; ``nft list tables`` is slower still) is read only when something
+needs every name. The legacy backend fetches a whole table for any listing, so there a full
 save is as cheap and is what kptrace reads.
 """
 
@@ -15,7 +16,6 @@ import re
 import subprocess
 from typing import Callable, Sequence
 
-from ..errors import EnvironmentProblem
 
 ROOT_MESSAGE = "needs root (CAP_NET_ADMIN): run with sudo or use --from FILE"
 from ..model.rules import BUILTIN_CHAINS, Chain, Ruleset
@@ -57,6 +57,12 @@ def parse_chain_list(text: str) -> dict[int, ChainList]:
     return out
 
 
+def kube_services(command: str, *, timeout: float, runner: Runner) -> str | None:
+    """nat KUBE-SERVICES as ``-S`` prints it, or None when kube-proxy's chain is not there."""
+    proc = runner([command, "-w", "5", "-t", "nat", "-S", "KUBE-SERVICES"], timeout)
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def skeleton_save(tables: ChainList) -> str:
     """An iptables-save text with the chain declarations only (for backend detection)."""
     parts = []
@@ -66,40 +72,48 @@ def skeleton_save(tables: ChainList) -> str:
     return "".join(parts)
 
 
-def list_chains(nft: str, *, timeout: float, runner: Runner) -> dict[int, ChainList]:
-    proc = runner([nft, "list", "chains"], timeout)
-    if proc.returncode != 0:
-        err = proc.stderr.strip()
-        if re.search(r"permission denied|operation not permitted|you must be root", err, re.I):
-            raise EnvironmentProblem(ROOT_MESSAGE, detail=f"nft: {err.splitlines()[0]}")
-        raise EnvironmentProblem(f"nft list chains failed: {err[:200]}")
-    return parse_chain_list(proc.stdout)
-
-
 def per_chain_ruleset(
-    family: int, tables: ChainList, *, command: str, timeout: float, runner: Runner, lenient: bool
+    family: int,
+    tables: list[str],
+    *,
+    command: str,
+    nft: str,
+    timeout: float,
+    runner: Runner,
+    lenient: bool,
+    fetched: dict[tuple[str, str], str] | None = None,
 ) -> Ruleset:
-    """A Ruleset whose chains are fetched with ``iptables-nft -t TABLE -S CHAIN`` when asked for."""
-    names = {table: [name for name, _ in chains] for table, chains in tables.items()}
-    policies = {(table, name): policy for table, chains in tables.items() for name, policy in chains}
+    """A Ruleset whose chains are fetched with ``iptables-nft -t TABLE -S CHAIN`` when asked for.
+
+    ``fetched`` holds ``-S`` outputs already read (kube-proxy's KUBE-SERVICES, read to find
+    the backend), so they are not fetched twice."""
     tool = os.path.basename(command)
+    fetched = dict(fetched or {})
+
+    def names() -> dict[str, list[str]]:
+        proc = runner([nft, "list", "chains"], timeout)
+        listed = parse_chain_list(proc.stdout).get(family, {}) if proc.returncode == 0 else {}
+        return {table: [name for name, _ in listed.get(table, [])] for table in tables}
 
     def load(table: str, name: str) -> Chain | None:
-        proc = runner([command, "-w", "5", "-t", table, "-S", name], timeout)
-        if proc.returncode != 0:
-            return None  # gone since the listing: the simulator reports the missing chain
+        text = fetched.pop((table, name), None)
+        if text is None:
+            proc = runner([command, "-w", "5", "-t", table, "-S", name], timeout)
+            if proc.returncode != 0:
+                return None  # no such chain (or gone since): the simulator reports a missing chain
+            text = proc.stdout
         source = f"{tool} -t {table} -S {name}"
-        raw = [(None, line) for line in proc.stdout.splitlines() if line.startswith("-A ")]
-        policy = policies.get((table, name))
-        for line in proc.stdout.splitlines():
+        lines = text.splitlines()
+        policy = None
+        for line in lines:
             if line.startswith("-P "):
                 policy = line.split()[2]
         return Chain(
             table,
             name,
             policy,
-            raw=raw,
+            raw=[(None, line) for line in lines if line.startswith("-A ")],
             parser=lambda text, line: parse_rule(text, table=table, line=line, source=source, lenient=lenient),
         )
 
-    return Ruleset(family, names, load, source=f"{tool} (per chain)", backend="nft")
+    return Ruleset(family, None, load, source=f"{tool} (per chain)", backend="nft", tables=tables, list_names=names)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
 from ..errors import EnvironmentProblem, ParseError, UnsupportedMode, UsageError
-from ..model.rules import Ruleset
+from ..model.rules import BUILTIN_CHAINS, Ruleset
 from ..model.state import NodeState, Provenance, Route, SourceKind
 from ..parse.detect import kube_proxy_mode
 from ..parse.ipset import parse_ipset_save
 from ..parse.iptables_save import parse_save
-from .chains import ROOT_MESSAGE, ChainList, list_chains, per_chain_ruleset, skeleton_save
+from .chains import ROOT_MESSAGE, kube_services, per_chain_ruleset, skeleton_save
 
 BACKENDS = ("nft", "legacy")
 FAMILIES = (4, 6)
@@ -69,7 +69,8 @@ class RawState:
     versions: dict[str, str] = field(default_factory=dict)  # command -> its --version line
     warnings: list[str] = field(default_factory=list)
     # Live only: the nft backend's chain names, when its chains are fetched one by one.
-    nft_chains: dict[int, ChainList] | None = None
+    nft_chains: dict[int, list[str]] | None = None  # family -> tables
+    nft_kube_services: dict[int, str] = field(default_factory=dict)  # family -> its -S output
     timeout: float = 30.0
     runner: Runner | None = None
 
@@ -293,21 +294,22 @@ def collect(
 ) -> RawState:
     """Read everything once: rules (both backends, both families), ipsets, network."""
     forced = check_backend(backend)
-    nft_chains = None
-    if per_chain and forced in (None, "nft"):
-        nft = find_binary("nft")
-        if nft is not None and find_binary("iptables-nft"):
-            listed = list_chains(nft, timeout=timeout, runner=runner)
-            if any(name.startswith("KUBE-") for fam in listed.values() for t in fam.values() for name, _ in t):
-                nft_chains = listed
+    nft_chains: dict[int, list[str]] | None = None
+    kube_services_text: dict[int, str] = {}
+    probed = _nft_per_chain(timeout=timeout, runner=runner) if per_chain and forced in (None, "nft") else None
+    if probed is not None:
+        nft_chains, kube_services_text = probed
     saves, commands, warnings = read_saves(
         forced=forced, timeout=timeout, runner=runner, skip=("nft",) if nft_chains is not None else ()
     )
     if nft_chains is not None:
         for family in FAMILIES:
-            saves[("nft", family)] = skeleton_save(nft_chains.get(family, {}))
+            # Declarations only, so that the backend choice sees kube-proxy's chains.
+            saves[("nft", family)] = skeleton_save({"nat": [("KUBE-SERVICES", None)]}) if family in nft_chains else ""
             commands[("nft", family)] = f"{'ip6tables' if family == 6 else 'iptables'}-nft"
-    raw = RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner)
+    raw = RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner,
+        nft_kube_services=kube_services_text,
+    )
     raw.ipset = read_ipset(timeout=timeout, runner=runner)
     raw.addresses, raw.routes, raw.policy_rules = read_network()
     raw.sysctls = read_sysctls()
@@ -405,17 +407,44 @@ def rulesets_from_saves(
     return rulesets, warnings
 
 
+def _nft_per_chain(*, timeout: float, runner: Runner) -> tuple[dict[int, list[str]], dict[int, str]] | None:
+    """The nft backend's tables per family holding kube-proxy's chains, or None when the
+    backend is to be read whole (no nft tools, or no kube-proxy chains there)."""
+    found: dict[int, list[str]] = {}
+    texts: dict[int, str] = {}
+    for family in FAMILIES:
+        command = find_binary("ip6tables-nft" if family == 6 else "iptables-nft")
+        if command is None:
+            continue
+        services = kube_services(command, timeout=timeout, runner=runner)
+        if services is not None:
+            if kube_proxy_mode(services) == "ipvs":
+                raise UnsupportedMode(f"iptables-nft IPv{family}: kube-proxy's IPVS mode detected: not supported yet")
+            # Listing the tables costs as much as the whole ruleset on a big node; a table
+            # that does not exist reads as empty built-in chains with policy ACCEPT, which is
+            # what the kernel does without it.
+            found[family] = list(BUILTIN_CHAINS)
+            texts[family] = services
+    return (found, texts) if found else None
+
+
 def _per_chain_rulesets(raw: RawState, *, lenient: bool) -> tuple[list[Ruleset], list[str]]:
     assert raw.nft_chains is not None
+    nft = find_binary("nft") or "nft"
     rulesets = []
     for family, tables in sorted(raw.nft_chains.items()):
-        command = find_binary("ip6tables-nft" if family == 6 else "iptables-nft")
-        if not tables or command is None:
-            continue
-        if kube_proxy_mode(skeleton_save(tables)) == "ipvs":
-            raise UnsupportedMode(f"iptables-nft IPv{family}: kube-proxy's IPVS mode detected: not supported yet")
+        command = find_binary("ip6tables-nft" if family == 6 else "iptables-nft") or "iptables-nft"
         rulesets.append(
-            per_chain_ruleset(family, tables, command=command, timeout=raw.timeout, runner=raw.runner or run_command, lenient=lenient)
+            per_chain_ruleset(
+                family,
+                tables,
+                command=command,
+                nft=nft,
+                timeout=raw.timeout,
+                runner=raw.runner or run_command,
+                lenient=lenient,
+                fetched={("nat", "KUBE-SERVICES"): raw.nft_kube_services[family]} if family in raw.nft_kube_services else None,
+            )
         )
     return rulesets, []
 
