@@ -138,7 +138,9 @@ def _suggest(target: str, names: list[str]) -> str:
     epilog="Examples:\n\n"
     "  kptrace packet --dst 10.103.46.104:80 --src 10.244.1.7 --from examples/webapp.save\n\n"
     "  kptrace packet --dst 192.168.49.2:31380 --src 203.0.113.9 --local-ip 192.168.49.2 --from examples/webapp.save\n\n"
-    "  kptrace packet --dst [fd00:10:96::a]:53 --proto udp --src fd00:10:244::5 -o json\n\n" + EXIT_CODES
+    "  kptrace packet --dst [fd00:10:96::a]:53 --proto udp --src fd00:10:244::5 -o json\n\n"
+    "  sudo kptrace --netns kptrace-node packet --dst 192.168.49.2:31380 --inject --src-netns kptrace-client\n\n"
+    + EXIT_CODES + " 6 (--inject) the kernel disagrees with the prediction."
 )
 def packet(
     dst: Annotated[str, typer.Option("--dst", help="Destination IP:PORT ([addr]:port for IPv6).", metavar="IP:PORT")],
@@ -148,6 +150,10 @@ def packet(
     iif: Annotated[Optional[str], typer.Option("--iif", help="Input interface of a packet from another host.", metavar="NAME")] = None,
     mark: Annotated[Optional[str], typer.Option("--mark", help="The packet's firewall mark (e.g. 0x4000).", metavar="MARK")] = None,
     origin: Annotated[Optional[str], typer.Option("--origin", help="local (sent by the node: OUTPUT path) or remote (PREROUTING path). Default: local when --src is a node address.")] = None,
+    inject: Annotated[bool, typer.Option("--inject", help="Also send a real probe (root) and compare the kernel's path with the prediction; exit 6 when they disagree.")] = False,
+    src_netns: Annotated[Optional[str], typer.Option("--src-netns", help="With --inject: send the probe from this network namespace (PREROUTING path).", metavar="NAME")] = None,
+    count: Annotated[int, typer.Option("--count", help="With --inject: how many probes (distinct source ports); the split is checked against the predicted shares.", min=1, max=10000)] = 1,
+    deliver: Annotated[bool, typer.Option("--deliver", help="With --inject: let the probe reach its destination (default: dropped after the kernel's last decision).")] = False,
     from_: FromOpt = None,
     local_ip: LocalIpOpt = None,
     output: OutputOpt = Output.tree,
@@ -195,6 +201,14 @@ def packet(
         raise UsageError(f"no IPv{dst_ip.version} rules were read (give ip{'6' if dst_ip.version == 6 else ''}tables-save output)")
     pk = Packet(dst=dst_ip, dport=dport, proto=proto_l, src=src_ip, sport=sport, iif=iif, mark=mark_v, origin=origin)  # type: ignore[arg-type]
     result = trace(state, pk)
+    if inject:
+        if from_:
+            raise UsageError("--inject probes the live node: it does not go with --from")
+        from .inject import run_inject
+
+        exit_with(ExitStatus(run_inject(state, pk, result, src_netns=src_netns, count=count, deliver=deliver, output=output)))
+    elif src_netns or deliver or count != 1:
+        raise UsageError("--src-netns, --count and --deliver go with --inject")
     warnings = list(state.warnings)
     if src_ip is None:
         result.assumptions.insert(0, "no --src: a packet from another host whose address kptrace does not know")
@@ -203,6 +217,19 @@ def packet(
         exit_with(ExitStatus.UNCERTAIN)
     if any(o.verdict != "accept" for o in result.outcomes):
         exit_with(ExitStatus.BLOCKED)
+
+
+@app.command(epilog="Examples:\n\n  sudo kptrace cleanup\n\n  sudo kptrace --netns kptrace-node cleanup")
+def cleanup() -> None:
+    """Remove what an interrupted 'packet --inject' left in the kernel (its nft table
+    'inet kptrace_probe' and rules commented 'kptrace-probe'); kube-proxy's rules are untouched."""
+    from ..probe.cleanup import cleanup as remove_leftovers
+
+    removed = remove_leftovers()
+    for line in removed:
+        print(f"removed {line}")
+    if not removed:
+        print("nothing to remove")
 
 
 def _register_optional() -> None:

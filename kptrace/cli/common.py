@@ -129,8 +129,8 @@ def load_state(
 
 
 def emit(data: Any) -> None:
-    """JSON plain on stdout, or a rich renderable through rich."""
-    if Settings.output is Output.json:
+    """A JSON document (dict) plain on stdout, or a rich renderable through rich."""
+    if isinstance(data, dict):
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     from rich.console import Console

@@ -1,0 +1,59 @@
+"""``kptrace packet ... --inject``: send real probes and compare with the prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ExitStatus, UsageError
+from ..model.packet import Packet
+from ..model.state import NodeState
+from ..trace.simulate import Trace, trace
+from .common import Output, emit
+
+
+def run_inject(
+    state: NodeState,
+    packet: Packet,
+    trace_result: Trace,
+    *,
+    src_netns: str | None,
+    count: int,
+    deliver: bool,
+    output: Output,
+) -> int:
+    """Probe, print prediction and observation side by side; returns the exit code
+    (6 when the kernel disagrees, otherwise as ``packet``)."""
+    from ..probe import send
+    from ..probe.inject import inject
+    from ..render.inject import inject_dict, inject_view
+
+    if packet.src is None:
+        # No source named: the sender decides where the probe starts.
+        packet = dataclasses.replace(packet, origin="remote" if src_netns else "local")
+    if src_netns is None and packet.origin == "remote":
+        raise UsageError(
+            "a probe from another host needs --src-netns NAME (the namespace to send it from); "
+            "without it the probe is sent by the node itself (give a node address as --src)"
+        )
+    if src_netns is not None and packet.origin == "local":
+        raise UsageError("--src-netns sends from outside the node, but --src is one of the node's addresses")
+    if packet.src is None:
+        # The address the sender's kernel would use; predict again with it, since the
+        # prediction without a source is uncertain about rules testing the source.
+        src = send.source_for(packet.dst, packet.dport, src_netns)
+        packet = dataclasses.replace(packet, src=src)
+        trace_result = trace(state, packet)
+    backend = state.provenance.backend or "nft"
+    obs = inject(packet, trace_result, backend=backend, src_netns=src_netns, count=count, deliver=deliver)
+    warnings = list(state.warnings)
+    if output is Output.json:
+        emit(inject_dict(trace_result, state, warnings, obs, count))
+    else:
+        emit(inject_view(trace_result, state, obs, count, src_netns))
+    if not obs.agrees:
+        return int(ExitStatus.DISAGREES)
+    if trace_result.uncertain:
+        return int(ExitStatus.UNCERTAIN)
+    if any(o.verdict != "accept" for o in trace_result.outcomes):
+        return int(ExitStatus.BLOCKED)
+    return int(ExitStatus.OK)

@@ -1,0 +1,34 @@
+"""Remove what a killed probe left in the current network namespace."""
+
+from __future__ import annotations
+
+import shlex
+
+from ..sources.collect import find_binary, run_command
+from . import PROBE_COMMENT, PROBE_TABLE, guard
+
+
+def cleanup() -> list[str]:
+    """The guard table and any iptables rule commented ``kptrace-probe`` (either backend,
+    either family); returns one line per thing removed. kube-proxy's rules are untouched:
+    only rules carrying the probe's comment are deleted."""
+    removed: list[str] = []
+    if guard.remove():
+        removed.append(f"nft table inet {PROBE_TABLE}")
+    for prefix in ("iptables", "ip6tables"):
+        for backend in ("nft", "legacy"):
+            save, tool = find_binary(f"{prefix}-{backend}-save"), find_binary(f"{prefix}-{backend}")
+            if not save or not tool:
+                continue
+            proc = run_command([save], 30.0)
+            if proc.returncode != 0:
+                continue
+            table = ""
+            for line in proc.stdout.splitlines():
+                if line.startswith("*"):
+                    table = line[1:].strip()
+                elif line.startswith("-A ") and PROBE_COMMENT in line:
+                    spec = shlex.split(line)[1:]  # the rule without -A: what -D takes
+                    if run_command([tool, "-w", "-t", table, "-D", *spec], 30.0).returncode == 0:
+                        removed.append(f"{prefix}-{backend} -t {table} {line}")
+    return removed
