@@ -41,3 +41,28 @@ def run(*args: str, columns: int = 120) -> Result:
         else:
             os.environ["COLUMNS"] = old
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def flow_packet(flow: dict, node: Any, origin: str | None = None, sport: int | None = 40000) -> Any:
+    """The packet of a reference flow; a source that is a node address is sent by the node."""
+    import ipaddress
+
+    from kptrace.model.packet import Packet
+
+    src = ipaddress.ip_address(flow["sourceIP"])
+    return Packet(
+        dst=ipaddress.ip_address(flow["destIP"]),
+        dport=flow["destPort"],
+        proto=flow["protocol"].lower(),
+        src=src,
+        sport=sport,
+        origin=origin or ("local" if node.is_local(src) else "remote"),  # type: ignore[arg-type]
+    )
+
+
+def flow_answers(node: Any, flow: dict, origin: str | None = None) -> list[tuple]:
+    """What a flow's trace ends in, in a comparable form."""
+    from kptrace.trace.simulate import trace
+
+    outcomes = trace(node, flow_packet(flow, node, origin)).outcomes
+    return sorted((o.verdict, o.dnat or "", o.masquerade, round(o.probability, 9)) for o in outcomes)

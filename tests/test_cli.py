@@ -75,20 +75,15 @@ def test_svc_not_found_suggests() -> None:
     assert "Traceback" not in r.err
 
 
-def test_svc_without_comments_by_recomputed_chain_names() -> None:
-    text = (IPT / "TestLoadBalancer.live.save").read_text()
+def test_svc_without_comments_by_recomputed_chain_names(tmp_path) -> None:
     import re
 
-    stripped = re.sub(r' -m comment --comment ("[^"]*"|\S+)', "", text)
-    path = IPT.parent.parent / ".." / "build"
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".save", delete=False) as fh:
-        fh.write(stripped)
-    data = run("svc", "ns1/svc1:p80", "--from", fh.name, "-o", "json").json
+    text = (IPT / "TestLoadBalancer.live.save").read_text()
+    stripped = tmp_path / "no-comments.save"
+    stripped.write_text(re.sub(r' -m comment --comment ("[^"]*"|\S+)', "", text))
+    data = run("svc", "ns1/svc1:p80", "--from", str(stripped), "-o", "json").json
     (svc,) = data["services"]
     assert svc["service"] == "ns1/svc1" and svc["endpoints"][0]["address"] == "10.180.0.1:80"
-    del path
 
 
 def test_packet_tree_and_exit_codes() -> None:

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from clirunner import flow_answers
 from _kernel import (
     ROOT,
     add_node_addresses,
@@ -26,10 +27,8 @@ from _kernel import (
     restore,
 )
 from kptrace.errors import ParseError, UsageError
-from kptrace.model.packet import Packet
 from kptrace.model.state import NodeState
 from kptrace.sources.dump import FORMAT, load_dump, write_dump
-from kptrace.trace.simulate import trace
 
 NODE_IPS = ["192.168.0.2", "192.168.1.2", "192.168.99.11", "2001:db8::1", "2001:db8:1::2"]
 
@@ -61,15 +60,7 @@ def assert_same_state(dumped: NodeState, live: NodeState) -> None:
 
 
 def _answers(node: NodeState, flow: dict) -> list[tuple]:
-    src = ipaddress.ip_address(flow["sourceIP"])
-    packet = Packet(
-        dst=ipaddress.ip_address(flow["destIP"]),
-        dport=flow["destPort"],
-        proto=flow["protocol"].lower(),
-        src=src,
-        origin="local" if node.is_local(src) else "remote",
-    )
-    return sorted((o.verdict, o.dnat or "", o.masquerade, round(o.probability, 9)) for o in trace(node, packet).outcomes)
+    return flow_answers(node, flow)
 
 
 CASES = [

@@ -12,8 +12,7 @@ import json
 
 import pytest
 
-from clirunner import IPT, run
-from kptrace.model.packet import Packet
+from clirunner import IPT, flow_packet, run
 from kptrace.sources.files import load_files
 from kptrace.trace.simulate import trace
 
@@ -51,16 +50,7 @@ def _check(outcomes, flow) -> None:
 @pytest.mark.parametrize("dump,local_ips,flow", list(_cases()))
 def test_reference_flow(dump: str, local_ips: list[str], flow: dict) -> None:
     node = load_files([str(IPT / dump)], local_ips=frozenset(ipaddress.ip_address(i) for i in local_ips), lenient=True)
-    src = ipaddress.ip_address(flow["sourceIP"])
-    packet = Packet(
-        dst=ipaddress.ip_address(flow["destIP"]),
-        dport=flow["destPort"],
-        proto=flow["protocol"].lower(),
-        src=src,
-        sport=40000,
-        origin="local" if node.is_local(src) else "remote",
-    )
-    result = trace(node, packet)
+    result = trace(node, flow_packet(flow, node))
     _check(
         [
             {"dnat": o.dnat, "verdict": o.verdict, "probability": o.probability, "uncertain": o.uncertain, "masquerade": o.masquerade}

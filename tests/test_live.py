@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from clirunner import flow_answers
 from _kernel import (
     IPT,
     ROOT,
@@ -48,17 +49,7 @@ def _tools(backend: str, family: int = 4) -> tuple[str, ...]:
 
 
 def answers(node: NodeState, flow: dict, origin: str) -> list[tuple]:
-    src = ipaddress.ip_address(flow["sourceIP"])
-    packet = Packet(
-        dst=ipaddress.ip_address(flow["destIP"]),
-        dport=flow["destPort"],
-        proto=flow["protocol"].lower(),
-        src=src,
-        origin=origin,  # type: ignore[arg-type]
-    )
-    return sorted(
-        (o.verdict, o.dnat or "", o.masquerade, round(o.probability, 9)) for o in trace(node, packet).outcomes
-    )
+    return flow_answers(node, flow, origin)
 
 
 def assert_same_answers(live: NodeState, files: NodeState, data: dict) -> int:

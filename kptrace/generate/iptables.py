@@ -327,56 +327,38 @@ def _build(spec: ClusterSpec, save: bool, keep_flat: bool = False) -> dict[str, 
         int_suffix = fam.reject if save and internal_target == "REJECT" else ""
         ext_suffix = fam.reject if save and external_target == "REJECT" else ""
 
+        def portal(chain: str, addr: object, comment: str, target: str, suffix: str = "") -> str:
+            """``-d ADDR -p P --dport PORT -j TARGET`` in iptables-save's or kube-proxy's spelling."""
+            if save:
+                return (f"-A {chain} -d {addr}{h} -p {p} -m comment --comment {comment} -m {p} "
+                        f"--dport {port} -j {target}{suffix}")
+            return f"-A {chain} -m comment --comment {comment} -m {p} -p {p} -d {addr} --dport {port} -j {target}"
+
         # Capture the cluster IP.
         if has_internal:
-            nrule(KUBE_SERVICES,
-                  f'-A KUBE-SERVICES -d {cip}{h} -p {p} -m comment --comment "{name} cluster IP" -m {p} '
-                  f"--dport {port} -j {internal_chain}" if save else
-                  f'-A KUBE-SERVICES -m comment --comment "{name} cluster IP" -m {p} -p {p} -d {cip} '
-                  f"--dport {port} -j {internal_chain}")
+            nrule(KUBE_SERVICES, portal("KUBE-SERVICES", cip, f'"{name} cluster IP"', internal_chain))
         else:
-            frule(KUBE_SERVICES,
-                  f"-A KUBE-SERVICES -d {cip}{h} -p {p} -m comment --comment {internal_comment} -m {p} "
-                  f"--dport {port} -j {internal_target}{int_suffix}" if save else
-                  f"-A KUBE-SERVICES -m comment --comment {internal_comment} -m {p} -p {p} -d {cip} "
-                  f"--dport {port} -j {internal_target}")
+            frule(KUBE_SERVICES, portal("KUBE-SERVICES", cip, internal_comment, internal_target, int_suffix))
 
         # Capture external IPs.
         for eip in info.external_ips:
             if has_endpoints:
-                nrule(KUBE_SERVICES,
-                      f'-A KUBE-SERVICES -d {eip}{h} -p {p} -m comment --comment "{name} external IP" -m {p} '
-                      f"--dport {port} -j {ext_chain}" if save else
-                      f'-A KUBE-SERVICES -m comment --comment "{name} external IP" -m {p} -p {p} -d {eip} '
-                      f"--dport {port} -j {ext_chain}")
+                nrule(KUBE_SERVICES, portal("KUBE-SERVICES", eip, f'"{name} external IP"', ext_chain))
             if not has_external:
                 frule(KUBE_EXTERNAL_SERVICES,
-                      f"-A KUBE-EXTERNAL-SERVICES -d {eip}{h} -p {p} -m comment --comment {external_comment} "
-                      f"-m {p} --dport {port} -j {external_target}{ext_suffix}" if save else
-                      f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} -m {p} -p {p} -d {eip} "
-                      f"--dport {port} -j {external_target}")
+                      portal("KUBE-EXTERNAL-SERVICES", eip, external_comment, external_target, ext_suffix))
 
         # Capture load-balancer IPs.
         for lbip in info.lb_ips:
             if has_endpoints:
-                nrule(KUBE_SERVICES,
-                      f'-A KUBE-SERVICES -d {lbip}{h} -p {p} -m comment --comment "{name} loadbalancer IP" '
-                      f"-m {p} --dport {port} -j {lb_chain}" if save else
-                      f'-A KUBE-SERVICES -m comment --comment "{name} loadbalancer IP" -m {p} -p {p} -d {lbip} '
-                      f"--dport {port} -j {lb_chain}")
+                nrule(KUBE_SERVICES, portal("KUBE-SERVICES", lbip, f'"{name} loadbalancer IP"', lb_chain))
             if uses_fw_chain:
                 frule(KUBE_PROXY_FIREWALL,
-                      f'-A KUBE-PROXY-FIREWALL -d {lbip}{h} -p {p} -m comment --comment "{name} traffic not '
-                      f'accepted by {fw_chain}" -m {p} --dport {port} -j DROP' if save else
-                      f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic not accepted by {fw_chain}" '
-                      f"-m {p} -p {p} -d {lbip} --dport {port} -j DROP")
+                      portal("KUBE-PROXY-FIREWALL", lbip, f'"{name} traffic not accepted by {fw_chain}"', "DROP"))
         if not has_external:
             for lbip in info.lb_ips:
                 frule(KUBE_EXTERNAL_SERVICES,
-                      f"-A KUBE-EXTERNAL-SERVICES -d {lbip}{h} -p {p} -m comment --comment {external_comment} "
-                      f"-m {p} --dport {port} -j {external_target}{ext_suffix}" if save else
-                      f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} -m {p} -p {p} "
-                      f"-d {lbip} --dport {port} -j {external_target}")
+                      portal("KUBE-EXTERNAL-SERVICES", lbip, external_comment, external_target, ext_suffix))
 
         # Capture node ports.
         node_port = info.sp.node_port

@@ -91,8 +91,9 @@ class Catalog:
                 return node_port is not None and node_port in raw and raw.startswith("-A KUBE-NODEPORTS ")
 
             first = cls(ruleset, at_address)
-            names = [sp.name for sp in first.find(target) if sp.name]
-            keys = [sp.key for sp in first.find(target)]
+            found = first.find(target)
+            names = [sp.name for sp in found if sp.name]
+            keys = [sp.key for sp in found]
             needles = [f"{n} " for n in names] + [f'{n}"' for n in names] + keys
             if not needles:
                 return first

@@ -22,8 +22,6 @@ Addresses (defaults; the client and remote node come from the config):
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -42,6 +40,8 @@ from typing import Any
 
 from ..errors import EnvironmentProblem, NotFound, UsageError
 from ..generate import render_jumps, render_restore
+from ..sources.netns import NETNS_DIR
+from ..sources.netns import in_netns as _in_netns
 from . import (
     CLIENT_NS,
     FIXED_NAMESPACES,
@@ -55,15 +55,12 @@ from . import (
 )
 from .config import NODE_PREFIX, POD_GATEWAY, SINK_IP, SINK_NODE_IP, SINK_PREFIX, LabConfig, LabEndpoint
 
-NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 SCOPE_LINK = 253
 BACKENDS = ("nft", "legacy")
 ROOT_MESSAGE = "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build the lab"
 SERVER_MODULE = "kptrace.lab.podserver"
 SERVER_START_TIMEOUT = 10.0
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
-_libc = ctypes.CDLL(None, use_errno=True)
 # Servers started by this process, kept so that a teardown here can reap them.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -76,38 +73,14 @@ def require_root() -> None:
         raise EnvironmentProblem(ROOT_MESSAGE)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextmanager
 def in_netns(name: str) -> Iterator[None]:
-    """Run the block with the calling thread in network namespace NAME.
-
-    Sockets and processes created inside stay in NAME; the thread always returns.
-    """
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    """Run the block with the calling thread in network namespace NAME (see sources.netns)."""
     try:
-        try:
-            target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"network namespace {name} not found (is the lab up? kptrace lab status)") from None
-        try:
-            _setns(target)
-        except OSError as exc:
-            if exc.errno == errno.EPERM:
-                raise EnvironmentProblem(f"entering {name}: {ROOT_MESSAGE}") from None
-            raise
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
+        with _in_netns(name, what="lab") as entered:
+            yield entered
+    except EnvironmentProblem as exc:
+        raise EnvironmentProblem(f"{exc.message}; {ROOT_MESSAGE}") from None
 
 
 def netns_socket(name: str, kind: int = socket.SOCK_STREAM) -> socket.socket:

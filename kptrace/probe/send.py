@@ -9,61 +9,25 @@ only used here to build the bytes.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
-import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import EnvironmentProblem, NotFound, UsageError
+from ..sources.netns import in_netns as _in_netns
+
+from ..errors import EnvironmentProblem, UsageError
 from ..model.packet import IPAddress
 
-NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    native = getattr(os, "setns", None)  # Python 3.12+
-    if native is not None:
-        native(fd, CLONE_NEWNET)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 @contextmanager
 def in_netns(name: str | None) -> Iterator[None]:
     """Run the block with this thread in netns NAME (None: stay); sockets made inside
     stay there after the thread returns."""
-    if name is None:
+    with _in_netns(name, what="--src-netns"):
         yield
-        return
-    if not name or "/" in name or name in (".", ".."):
-        raise UsageError(f"--src-netns: {name!r} is not a network namespace name (ip netns list)")
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"network namespace {name} not found (ip netns list)") from None
-        try:
-            _setns(target)
-        except OSError as exc:
-            if exc.errno == errno.EPERM:
-                raise EnvironmentProblem(f"entering network namespace {name} needs root (CAP_SYS_ADMIN)") from None
-            raise
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
 
 
 def source_for(dst: IPAddress, dport: int, netns: str | None) -> IPAddress:

@@ -1,9 +1,12 @@
-"""Switch the process into a named network namespace (as ``ip netns exec NAME``)."""
+"""Enter a named network namespace (as ``ip netns exec NAME``), for good or for a block."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import EnvironmentProblem, NotFound, UsageError
 
@@ -11,23 +14,30 @@ NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
 
-def enter_netns(name: str) -> None:
-    """Move the calling thread, and every process it starts later, into netns NAME.
-
-    Call it before anything opens sockets or threads: setns(2) changes only the
-    calling thread, and a socket stays in the namespace it was created in. Files under
-    /proc/sys/net opened afterwards show the new namespace (the kernel resolves them
-    for the opener), so no remount is needed, unlike /sys for ``ip netns exec``.
-    """
+def _open(name: str, what: str) -> int:
     if not name or "/" in name or name in (".", ".."):
-        raise UsageError(f"--netns: {name!r} is not a network namespace name (ip netns list)")
-    path = os.path.join(NETNS_DIR, name)
+        raise UsageError(f"{what}: {name!r} is not a network namespace name (ip netns list)")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"network namespace {name} not found (ip netns list)") from None
     except PermissionError:
         raise EnvironmentProblem(f"cannot open network namespace {name}: needs root: run with sudo") from None
+
+
+def _setns(fd: int) -> None:
+    native = getattr(os, "setns", None)  # Python 3.12+
+    if native is not None:
+        native(fd, CLONE_NEWNET)
+        return
+    # libc directly: importing pyroute2 just for this costs a quarter of a second.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _enter(fd: int, name: str) -> None:
     try:
         _setns(fd)
     except OSError as exc:
@@ -36,17 +46,40 @@ def enter_netns(name: str) -> None:
                 f"entering network namespace {name} needs root (CAP_SYS_ADMIN): run with sudo"
             ) from None
         if exc.errno == errno.EINVAL:
-            raise NotFound(f"{path} is not a network namespace (stale entry? ip netns list)") from None
+            raise NotFound(f"{NETNS_DIR}/{name} is not a network namespace (stale entry? ip netns list)") from None
         raise EnvironmentProblem(f"cannot enter network namespace {name}: {os.strerror(exc.errno or 0)}") from None
+
+
+def enter_netns(name: str, *, what: str = "--netns") -> None:
+    """Move the calling thread, and every process it starts later, into netns NAME.
+
+    Call it before anything opens sockets or threads: setns(2) changes only the
+    calling thread, and a socket stays in the namespace it was created in. Files under
+    /proc/sys/net opened afterwards show the new namespace (the kernel resolves them
+    for the opener), so no remount is needed, unlike /sys for ``ip netns exec``.
+    """
+    fd = _open(name, what)
+    try:
+        _enter(fd, name)
     finally:
         os.close(fd)
 
 
-def _setns(fd: int) -> None:
-    native = getattr(os, "setns", None)  # Python 3.12+
-    if native is not None:
-        native(fd, CLONE_NEWNET)
-        return
-    from pyroute2 import netns  # an int is used as is: nothing is created
+@contextmanager
+def in_netns(name: str | None, *, what: str = "--netns") -> Iterator[None]:
+    """Run the block with the calling thread in netns NAME (None: stay where it is).
 
-    netns.setns(fd)
+    Sockets and processes created inside stay in NAME; the thread always returns.
+    """
+    if name is None:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter_netns(name, what=what)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
