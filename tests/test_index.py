@@ -22,7 +22,7 @@ from kptrace.kube.describe import describe
 from kptrace.model.packet import Packet
 from kptrace.model.state import NodeState, Provenance
 from kptrace.parse.iptables_save import _index_fast, parse_save
-from kptrace.trace import simulate
+from kptrace.trace import prefilter, simulate
 from kptrace.trace.simulate import trace
 
 
@@ -85,21 +85,71 @@ def _outcomes(node: NodeState, packet: Packet) -> list:
     return sorted((o.verdict, o.dnat, o.masquerade, round(o.probability, 9), tuple(h.rule for h in o.hops)) for o in trace(node, packet).outcomes)
 
 
+class _NoScan:
+    """A prefilter that rules nothing out: every rule is parsed and evaluated."""
+
+    def __init__(self, chain) -> None:
+        pass
+
+    def candidates(self, dst):
+        return None
+
+    def cannot_match(self, i, dst, dport) -> bool:
+        return False
+
+
+def _fresh(text: str, local_ips: frozenset) -> NodeState:
+    rulesets, _ = parse_save(text, lenient=True)  # a new parse: no scan cached on its chains
+    return NodeState(rulesets, Provenance("file"), local_ips=local_ips)
+
+
+def _compare_prefilter(text: str, packets: list[Packet], local_ips: frozenset, monkeypatch) -> None:
+    """The answers with the prefilter (per-rule checks, and the destination index forced
+    onto every chain) equal the answers with every rule evaluated."""
+    for pk in packets:
+        node = _fresh(text, local_ips)
+        with_filter = _outcomes(node, pk)
+        monkeypatch.setattr(prefilter, "MIN_INDEXED_RULES", 0)
+        node = _fresh(text, local_ips)
+        indexed = _outcomes(node, pk)
+        monkeypatch.setattr(simulate, "scan_of", _NoScan)
+        node = _fresh(text, local_ips)
+        without = _outcomes(node, pk)
+        monkeypatch.undo()
+        assert with_filter == indexed == without, pk
+
+
 @pytest.mark.parametrize("flows", sorted(IPT.glob("*.flows.json")), ids=lambda p: p.name)
 def test_prefilter_changes_no_answer(flows, monkeypatch) -> None:
     data = json.loads(flows.read_text())
-    rulesets, _ = parse_save((IPT / data["dump"]).read_text(), lenient=True)
-    node = NodeState(rulesets, Provenance("file"), local_ips=frozenset(ipaddress.ip_address(i) for i in data["localIPs"]))
+    text = (IPT / data["dump"]).read_text()
+    local_ips = frozenset(ipaddress.ip_address(i) for i in data["localIPs"])
+    packets = []
     for flow in data["flows"]:
         src = ipaddress.ip_address(flow["sourceIP"])
         for dport in (flow["destPort"], 3001, 9):
-            pk = Packet(dst=ipaddress.ip_address(flow["destIP"]), dport=dport, proto=flow["protocol"].lower(), src=src, sport=1,
-                        origin="local" if node.is_local(src) else "remote")
-            with_filter = _outcomes(node, pk)
-            monkeypatch.setattr(simulate, "cannot_match", lambda *_: False)
-            without = _outcomes(node, pk)
-            monkeypatch.undo()
-            assert with_filter == without
+            packets.append(Packet(dst=ipaddress.ip_address(flow["destIP"]), dport=dport, proto=flow["protocol"].lower(),
+                                  src=src, sport=1, origin="local" if src in local_ips else "remote"))
+    _compare_prefilter(text, packets, local_ips, monkeypatch)
+
+
+def test_destination_index_changes_no_answer_on_a_large_ruleset(monkeypatch) -> None:
+    """A generated node big enough for the index to apply on its own (KUBE-SERVICES over
+    MIN_INDEXED_RULES rules), asked about every kind of address it has."""
+    spec = synthetic_spec(300, 3, seed=11)
+    text = render_save(spec)
+    (rs,), _ = parse_save(text)
+    scan = prefilter.scan_of(rs.chain("nat", "KUBE-SERVICES"))
+    assert scan.candidates(ipaddress.ip_address("192.0.2.1")) is not None, "the index should apply"
+    packets = []
+    for svc in spec.services[:40]:
+        for ip in svc.cluster_ips[:1]:
+            for port in svc.ports[:1]:
+                packets.append(Packet(dst=ipaddress.ip_address(ip), dport=port.port, proto=port.protocol.lower(),
+                                      src=ipaddress.ip_address("10.244.99.7"), sport=1, origin="remote"))
+    packets.append(Packet(dst=ipaddress.ip_address("192.0.2.1"), dport=80, proto="tcp",
+                          src=ipaddress.ip_address("10.244.99.7"), sport=1, origin="remote"))
+    _compare_prefilter(text, packets, frozenset(), monkeypatch)
 
 
 def test_help_and_file_commands_import_no_heavy_library() -> None:

@@ -45,15 +45,29 @@ def test_binomial_bounds() -> None:
     assert lo < 2500 < hi and hi - lo < 300
 
 
-def test_remote_source_needs_src_netns() -> None:
+def test_src_netns_with_a_node_source_is_refused() -> None:
+    """--src-netns sends from outside the node: a node address as --src contradicts it.
+    (A remote source without --src-netns gets a temporary namespace: test_inject_remote.)"""
     from kptrace.cli.common import Output, load_state
     from kptrace.cli.inject import run_inject
     from kptrace.model.packet import Packet
     from kptrace.trace.simulate import trace
 
     state = load_state([str(ROOT / "examples" / "webapp.save")], ["192.168.49.2"])
-    pk = Packet(dst=ipaddress.ip_address(WEBAPP), dport=80, src=ipaddress.ip_address("203.0.113.9"), origin="remote")
+    pk = Packet(dst=ipaddress.ip_address(WEBAPP), dport=80, src=ipaddress.ip_address("192.168.49.2"), origin="local")
     with pytest.raises(UsageError, match="--src-netns"):
+        run_inject(state, pk, trace(state, pk), src_netns="kptrace-client", count=1, deliver=False, output=Output.json)
+
+
+def test_remote_source_equal_to_destination_is_refused() -> None:
+    from kptrace.cli.common import Output, load_state
+    from kptrace.cli.inject import run_inject
+    from kptrace.model.packet import Packet
+    from kptrace.trace.simulate import trace
+
+    state = load_state([str(ROOT / "examples" / "webapp.save")], ["192.168.49.2"])
+    pk = Packet(dst=ipaddress.ip_address(WEBAPP), dport=80, src=ipaddress.ip_address(WEBAPP), origin="remote")
+    with pytest.raises(UsageError, match="deliver the probe to itself"):
         run_inject(state, pk, trace(state, pk), src_netns=None, count=1, deliver=False, output=Output.json)
 
 
@@ -163,7 +177,8 @@ def test_from_the_node_itself(clean: None) -> None:
 def test_side_by_side_view(clean: None) -> None:
     res = call_in_netns(NODE_NS, "test_inject.inject_child", NODE_IP, 31380, CLIENT_IP, "remote", CLIENT_NS, 1, False, "tree")
     assert res.value == 0
-    for text in ("predicted", "observed (kernel)", "KUBE-NODEPORTS", "+1", "the kernel agrees with the prediction"):
+    for text in ("predicted", "observed (kernel trace)", "KUBE-NODEPORTS", "= JUMP", "evidence: the kernel's trace",
+                 "the kernel agrees with the prediction"):
         assert text in res.stdout, res.stdout
 
 

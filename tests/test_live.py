@@ -370,6 +370,24 @@ def test_ruleset_that_keeps_changing_gives_a_warning() -> None:
     assert len(warnings) == 1 and "nat KUBE-SERVICES -> KUBE-SVC-GONE" in warnings[0]
 
 
+def test_atomic_backend_is_not_checked() -> None:
+    """iptables-legacy reads each table in one snapshot: one read, whatever it says."""
+    runner = _Runner([_TORN])
+    assert read_save("iptables-legacy-save", timeout=5, runner=runner, atomic=True) == (_TORN, [])
+    assert runner.calls == 1
+
+
+def test_undeclared_jumps_per_table() -> None:
+    text = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-A - [0:0]\n[3:4] -A INPUT -m comment --comment \"x\" -g KUBE-B\n"
+        "-A INPUT -j KUBE-A\n-A KUBE-A -j DNAT --to-destination 1.2.3.4\n-A KUBE-A -j MARK --set-xmark 0x1/0x1\nCOMMIT\n"
+        "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j KUBE-A\n-A PREROUTING -j lowercase\nCOMMIT\n"
+    )
+    assert undeclared_jumps(text) == [
+        "filter INPUT -> KUBE-B", "nat PREROUTING -> KUBE-A", "nat PREROUTING -> lowercase"
+    ]
+
+
 @pytest.mark.parametrize("fixture", sorted(p.name for p in IPT.iterdir() if p.suffix in (".save", ".restore")))
 def test_reference_rulesets_are_consistent(fixture: str) -> None:
     """No false alarm on real rulesets: targets such as DNAT or MARK are not chains."""

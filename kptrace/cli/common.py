@@ -7,13 +7,15 @@ import json
 import os
 import sys
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ..errors import ExitStatus, UsageError
-from ..model.packet import IPAddress
-from ..model.state import NodeState
+
+if TYPE_CHECKING:  # not imported for --help: every millisecond of startup counts
+    from ..model.packet import IPAddress
+    from ..model.state import NodeState
 
 
 class Output(str, Enum):

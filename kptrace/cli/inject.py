@@ -30,10 +30,12 @@ def run_inject(
     if packet.src is None:
         # No source named: the sender decides where the probe starts.
         packet = dataclasses.replace(packet, origin="remote" if src_netns else "local")
-    if src_netns is None and packet.origin == "remote":
+    # A source on another host with no namespace to send from: a temporary one is made.
+    temporary = src_netns is None and packet.origin == "remote"
+    if temporary and packet.src == packet.dst:
         raise UsageError(
-            "a probe from another host needs --src-netns NAME (the namespace to send it from); "
-            "without it the probe is sent by the node itself (give a node address as --src)"
+            f"--src {packet.src} is the destination and not the node's: a namespace holding it "
+            "would deliver the probe to itself"
         )
     if src_netns is not None and packet.origin == "local":
         raise UsageError("--src-netns sends from outside the node, but --src is one of the node's addresses")
@@ -44,12 +46,21 @@ def run_inject(
         packet = dataclasses.replace(packet, src=src)
         trace_result = trace(state, packet)
     backend = state.provenance.backend or "nft"
-    obs = inject(packet, trace_result, backend=backend, src_netns=src_netns, count=count, deliver=deliver)
+    obs = inject(
+        packet, trace_result, backend=backend, src_netns=src_netns, count=count, deliver=deliver,
+        temporary_source=temporary,
+    )
+    if temporary:
+        trace_result.assumptions.append(
+            f"the probe came from a temporary namespace ({obs.src_netns}) joined to the node by a veth: "
+            "rules matching the input interface (-i) and reverse-path filtering (rp_filter) may treat "
+            "real traffic from another host differently"
+        )
     warnings = list(state.warnings)
     if output is Output.json:
         emit(inject_dict(trace_result, state, warnings, obs, count))
     else:
-        emit(inject_view(trace_result, state, obs, count, src_netns))
+        emit(inject_view(trace_result, state, obs, count, obs.src_netns))
     if not obs.agrees:
         return int(ExitStatus.DISAGREES)
     if trace_result.uncertain:

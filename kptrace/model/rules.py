@@ -8,7 +8,7 @@ value, and the simulator says it could not evaluate it instead of failing or gue
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING", "OUTPUT"),
@@ -117,7 +117,7 @@ class Chain:
     """A chain's rules in order. Rules are parsed when first asked for, one by one, so a
     simulator can skip the rules it can rule out from their text (see ``raw``)."""
 
-    __slots__ = ("table", "name", "policy", "line", "_raw", "_parsed", "_parser")
+    __slots__ = ("table", "name", "policy", "_line", "_raw", "_parsed", "_parser", "scan_cache")
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class Chain:
         name: str,
         policy: str | None,
         rules: list[Rule] | None = None,
-        line: int | None = None,
+        line: int | Callable[[], int | None] | None = None,
         *,
         raw: list[tuple[int | None, str]] | None = None,
         parser: RuleParser | None = None,
@@ -133,16 +133,24 @@ class Chain:
         self.table = table
         self.name = name
         self.policy = policy  # None for a user chain; "-" (no policy) reads as ACCEPT
-        self.line = line
+        self._line = line  # or a function: finding a declaration in a large save has a cost
         self._parsed: list[Rule | None] = list(rules or ())
         self._raw: list[tuple[int | None, str]] = [(r.line, r.raw) for r in self._parsed]
         if raw:
             self._raw.extend(raw)
             self._parsed.extend([None] * len(raw))
         self._parser = parser
+        self.scan_cache: Any = None  # the simulator's text index of a long chain (trace.prefilter)
 
     def __len__(self) -> int:
         return len(self._raw)
+
+    @property
+    def line(self) -> int | None:
+        """The line of the chain's declaration, when known."""
+        if callable(self._line):
+            self._line = self._line()
+        return self._line
 
     def raw(self, index: int) -> str:
         return self._raw[index][1]

@@ -44,10 +44,15 @@ STANDARD_JUMPS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 
-_V6_ADDR = re.compile(r" -[sd] [0-9a-fA-F]*:[0-9a-fA-F:.]*(?:/\d+)? | --to-destination \[")
-_V4_ADDR = re.compile(r" -[sd] \d+\.\d+\.\d+\.\d+(?:/\d+)? | --to-destination \d+\.")
+# The first address in a save tells its family. The pattern starts with a literal so the
+# search skips ahead at C speed.
+_ADDR = re.compile(
+    r" -(?:[sd] (?:(?P<v4>\d+\.\d+\.\d+\.\d+)|(?P<v6>[0-9a-fA-F]*:[0-9a-fA-F:.]*))(?:/\d+)? "
+    r"|-to-destination (?:(?P<v4nat>\d+\.)|(?P<v6nat>\[)))"
+)
 
 _TABLE_HEAD = re.compile(r"\n\*([a-z]+)")
+_FIRST_TABLE = re.compile(r"\*[ \t]*(\S*)")
 Span = tuple[int, int]  # [start, end) offsets of one or more whole rule lines
 
 
@@ -101,7 +106,8 @@ def split_documents(text: str) -> list[tuple[int, str]]:
             heads.append((pos + 1, m.group(1)))
         pos = text.find("\n*", pos + 2)
     if text.startswith("*"):
-        heads.insert(0, (0, text[1:].split(None, 1)[0] if text[1:].strip() else ""))
+        first = _FIRST_TABLE.match(text)  # not text[1:].split(): that copies the whole text
+        heads.insert(0, (0, first.group(1) if first else ""))
     starts = [0]
     seen: set[str] = set()
     for pos, name in heads:
@@ -120,8 +126,9 @@ def split_documents(text: str) -> list[tuple[int, str]]:
 # the first line of the text is checked on its own.
 _TABLE_OR_COMMIT = re.compile(r"\n(?:\*(\S+)|(COMMIT))[ \t]*(?=\n|$)")
 _UNEXPECTED_LINE = re.compile(r"\n(?!-A \S|:\S|#|[ \t]*(?:\n|$)|COMMIT[ \t]*(?:\n|$)|\*\S)")
-_DECL = re.compile(r"\n:(\S+)[ \t]*(\S*)")
-_BLOCK = re.compile(r"\n-A (\S+)(?=[ \t\n]|$)[^\n]*(?:\n-A \1(?=[ \t\n]|$)[^\n]*)*")
+_DECL_NAME = re.compile(r"\n:(\S+)")
+# One chain's run of rules; group 1 is the run without its leading newline, group 2 the chain.
+_BLOCK = re.compile(r"\n(-A (\S+)(?=[ \t\n]|$)[^\n]*(?:\n-A \2(?=[ \t\n]|$)[^\n]*)*)")
 _RULE_OR_DECL = re.compile(r"\n(?:-A |:)")
 
 
@@ -148,17 +155,21 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
         if _RULE_OR_DECL.search(text, previous_end, h_start):  # rules outside a table
             return None
         start, end = h_end, c_start - 1  # the newline before COMMIT ends the last rule
-        decls = _DECL.findall(text, start, end)
-        builtins = BUILTIN_CHAINS[name]
-        policy: dict[str, str | None] = dict.fromkeys([c for c, _ in decls])
-        for chain, pol in decls:
-            if chain in builtins:
-                if (pol or "-") not in POLICIES:
+        policy: dict[str, str | None] = dict.fromkeys(_DECL_NAME.findall(text, start, end))
+        for chain in BUILTIN_CHAINS[name]:
+            if chain in policy:
+                m = re.compile(rf"\n:{chain}[ \t]*(\S*)").search(text, start, end)
+                pol = (m.group(1) if m else "") or "-"
+                if pol not in POLICIES:
                     return None
-                policy[chain] = pol or "-"
-        spans: dict[str, list[Span]] = {}
-        for m in _BLOCK.finditer(text, start, end):
-            spans.setdefault(m.group(1), []).append((m.start() + 1, m.end()))
+                policy[chain] = pol
+        # The work stays in C: one match per run of rules, one dict entry per chain.
+        blocks = list(_BLOCK.finditer(text, start, end))
+        spans: dict[str, list[Span]] = {m[2]: [m.span(1)] for m in blocks}
+        if len(spans) != len(blocks):  # a chain's rules in several runs (hand-edited)
+            spans = {}
+            for m in blocks:
+                spans.setdefault(m[2], []).append(m.span(1))
         undeclared = spans.keys() - policy.keys()
         if undeclared and not lenient:
             return None
@@ -296,11 +307,12 @@ def index_save(text: str, *, source: str = "<input>", first_line: int = 0, lenie
 
 
 def _family(text: str) -> int | None:
-    if _V6_ADDR.search(text):
-        return 6
-    if _V4_ADDR.search(text):
-        return 4
-    return None
+    # One save holds one family, so the first address decides; searching for the other
+    # family's addresses would scan the whole text for nothing.
+    m = _ADDR.search(text)
+    if m is None:
+        return None
+    return 6 if m.group("v6") is not None or m.group("v6nat") is not None else 4
 
 
 def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple[Ruleset, list[str]]:
@@ -350,18 +362,21 @@ def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple
             line = index.lines.line_at(start)
             for k, rule_text in enumerate(text[start:end].split("\n")):
                 raw.append((line + k, rule_text))
-        decl = t.decl_at.get(name)
-        if decl is None and name in t.policy:
-            found = text.find(f"\n:{name} ", t.start)
-            if found < 0:
-                found = text.find(f"\n:{name}\n", t.start)
-            decl = found + 1 if found >= 0 else None
+        def decl_line() -> int | None:
+            decl = t.decl_at.get(name)
+            if decl is None and name in t.policy:
+                found = text.find(f"\n:{name} ", t.start)
+                if found < 0:
+                    found = text.find(f"\n:{name}\n", t.start)
+                decl = found + 1 if found >= 0 else None
+            return index.lines.line_at(decl) if decl is not None else None
+
         return Chain(
             table,
             name,
             policy,
             extra.get((table, name)),
-            line=index.lines.line_at(decl) if decl is not None else None,
+            line=decl_line,
             raw=raw,
             parser=lambda rule_text, line: parse_rule(
                 rule_text, table=table, line=line, source=index.source, lenient=index.lenient

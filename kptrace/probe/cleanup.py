@@ -5,14 +5,22 @@ from __future__ import annotations
 import shlex
 
 from ..sources.collect import find_binary, run_command
-from . import PROBE_COMMENT, PROBE_TABLE, guard
+from . import PROBE_COMMENT, PROBE_TABLE, guard, sourcens
 
 
 def cleanup() -> list[str]:
-    """The guard table and any iptables rule commented ``kptrace-probe`` (either backend,
-    either family); returns one line per thing removed. kube-proxy's rules are untouched:
-    only rules carrying the probe's comment are deleted."""
+    """The guard table, any iptables rule commented ``kptrace-probe`` (either backend,
+    either family), temporary source namespaces (``kptrace-probe-PID``) whose process is
+    gone and their node-side links (``kptrace-HEXPID``); returns one line per thing
+    removed. kube-proxy's rules are untouched: only rules carrying the probe's comment are
+    deleted, and only namespaces and links named by the probe."""
     removed: list[str] = []
+    for ns in sourcens.leftovers():
+        if sourcens.remove(ns):
+            removed.append(f"network namespace {ns}")
+    for link in sourcens.stale_links():
+        if sourcens.remove_link(link):
+            removed.append(f"link {link}")
     if guard.remove():
         removed.append(f"nft table inet {PROBE_TABLE}")
     for prefix in ("iptables", "ip6tables"):

@@ -15,7 +15,7 @@ class CtEntry:
     sport: int
     reply_src: str  # the endpoint that answers: IP:PORT
     reply_dst: str  # where answers go: the original source unless the node rewrote it
-    snat: bool
+    snat: bool  # the node rewrote the source address or port
 
 
 def _tuple(msg: Any, which: str, v6: bool) -> tuple[str, str, int, int]:
@@ -48,7 +48,9 @@ def entries(src: IPAddress, dst: IPAddress, proto: str, dport: int, sports: set[
             if o_sport not in sports:
                 continue
             r_src, r_dst, r_sport, r_dport = _tuple(msg, "CTA_TUPLE_REPLY", v6)
-            out.append(CtEntry(o_sport, format_endpoint(r_src, r_sport), format_endpoint(r_dst, r_dport), r_dst != o_src))
+            # A rewritten port counts too: MASQUERADE of a node's own packet keeps its address.
+            out.append(CtEntry(o_sport, format_endpoint(r_src, r_sport), format_endpoint(r_dst, r_dport),
+                               (r_dst, r_dport) != (o_src, o_sport)))
     return out
 
 

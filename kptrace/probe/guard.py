@@ -6,6 +6,9 @@ unless the probe is to be delivered, drops it there.
 connection (at INT_MAX), so a dropped probe leaves no conntrack entry. The rules match the
 probe's original tuple through conntrack (``ct original``), which NAT does not rewrite;
 an untracked probe is matched by its addresses and ports instead.
+
+With ``trace``, two more chains at priority -350 (before raw and conntrack) on
+prerouting and output set ``meta nftrace`` for the probe's tuple (see ``trace``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ def _nft(args: list[str], script: str | None = None, *, check: bool = True) -> s
     return proc
 
 
-def install(src: IPAddress, dst: IPAddress, proto: str, sports: list[int], dport: int, *, drop: bool) -> None:
+TRACE_PRIORITY = -350  # before raw (-300) and conntrack (-200): the trace starts at the first table
+
+
+def install(
+    src: IPAddress, dst: IPAddress, proto: str, sports: list[int], dport: int, *, drop: bool, trace: bool = False
+) -> None:
     ip = "ip6" if dst.version == 6 else "ip"
     ports = "{ " + ", ".join(map(str, sports)) + " }"
     verdict = "drop" if drop else "accept"
@@ -39,9 +47,24 @@ def install(src: IPAddress, dst: IPAddress, proto: str, sports: list[int], dport
     )
     untracked = f"ct state untracked {ip} saddr {src} {ip} daddr {dst} meta l4proto {proto} th sport {ports} th dport {dport}"
     why = f'comment "{PROBE_COMMENT}: {"drops" if drop else "counts"} kptrace test packets after the last decision"'
+    marked = f"{ip} saddr {src} {ip} daddr {dst} meta l4proto {proto} th sport {ports} th dport {dport}"
+    mark_why = f'comment "{PROBE_COMMENT}: traces kptrace test packets"'
+    tracing = "" if not trace else f"""
+  chain trace_pre {{
+    type filter hook prerouting priority {TRACE_PRIORITY}; policy accept;
+    {marked} meta nftrace set 1 {mark_why}
+  }}
+  chain trace_out {{
+    type filter hook output priority {TRACE_PRIORITY}; policy accept;
+    {marked} meta nftrace set 1 {mark_why}
+  }}"""
     # Locally delivered packets of the node's own probes pass postrouting on lo first:
     # they are caught on input, where the kernel's last decision for them is made.
+    # Declaring and deleting the table first, in the same transaction, replaces a
+    # leftover of a killed run (which would double the rules) without a second nft call.
     script = f"""
+table inet {PROBE_TABLE}
+delete table inet {PROBE_TABLE}
 table inet {PROBE_TABLE} {{
   chain post {{
     type filter hook postrouting priority 300; policy accept;
@@ -52,10 +75,9 @@ table inet {PROBE_TABLE} {{
     type filter hook input priority 300; policy accept;
     {tracked} counter {verdict} {why}
     {untracked} counter {verdict} {why}
-  }}
+  }}{tracing}
 }}
 """
-    remove()  # a leftover from a killed run would double the rules
     _nft(["-f", "-"], script)
 
 

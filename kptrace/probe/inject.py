@@ -1,8 +1,10 @@
-"""Send probes and collect the kernel's evidence: counter deltas, guard counts, conntrack.
+"""Send probes and collect the kernel's evidence: its trace (iptables-nft) or counter
+deltas (iptables-legacy, or several probes), guard counts, conntrack.
 
-``inject`` never changes kube-proxy's chains. What it adds (the guard table, session
-affinity entries of the probe source) is removed in a ``finally`` that also runs on
-Ctrl-C and SIGTERM; ``cleanup`` removes what a kill -9 left.
+``inject`` never changes kube-proxy's chains. What it adds (the guard table, a temporary
+source namespace, the trace monitor, session affinity entries of the probe source) is
+removed in a ``finally`` that also runs on Ctrl-C and SIGTERM; ``cleanup`` removes what a
+kill -9 left.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 from ..errors import UsageError
 from ..model.packet import IPAddress, Packet, format_endpoint
 from ..trace.simulate import Outcome, Trace
-from . import conntrack, counters, guard, send
+from . import conntrack, counters, guard, send, sourcens
+from . import trace as ktrace
 from .stats import binomial_bounds
 
 SETTLE_TIMEOUT = 1.0  # seconds to wait for every probe to be counted somewhere
@@ -36,6 +39,7 @@ class ObservedHop:
     rule: str
     packets: int
     predicted: bool
+    verdict: str | None = None  # from the trace: JUMP, ACCEPT, DROP, ... (None: counters)
 
 
 @dataclass
@@ -50,8 +54,13 @@ class Observation:
     counts: dict[str, int] = field(default_factory=dict)
     bounds: dict[str, tuple[int, int]] = field(default_factory=dict)
     conntrack: list[conntrack.CtEntry] = field(default_factory=list)
-    matched: Outcome | None = None
+    matched: Outcome | None = None  # the predicted outcome with the observed result
+    compared: Outcome | None = None  # the outcome the hops were compared with
+    first_difference: int | None = None  # index in the compared outcome's rule hops
     agrees: bool = False
+    evidence: str = "counters"  # trace | counters
+    src_netns: str | None = None
+    temporary_netns: bool = False
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -149,45 +158,86 @@ def inject(
     src_netns: str | None = None,
     count: int = 1,
     deliver: bool = False,
+    temporary_source: bool = False,
 ) -> Observation:
     """Send ``count`` probes like PACKET (distinct source ports) from the node (no
-    ``src_netns``) or from another namespace, and observe what the kernel did."""
+    ``src_netns``), from another namespace, or (``temporary_source``) from a namespace
+    made for it, and observe what the kernel did.
+
+    One probe on iptables-nft is followed by the kernel's trace; otherwise (legacy, or
+    ``count`` > 1) the rule counters are the evidence."""
     if not 1 <= count <= MAX_COUNT:
         raise UsageError(f"--count must be between 1 and {MAX_COUNT}")
     if packet.proto not in ("tcp", "udp"):
         raise UsageError(f"--inject sends tcp or udp probes, not {packet.proto}")
     if packet.src is None:
         raise UsageError("the probe needs a source address")
+    if temporary_source and src_netns is not None:
+        raise UsageError("a temporary source namespace and --src-netns exclude each other")
     started = time.monotonic()
     src, dst = packet.src, packet.dst
-    save = counters.save_command(backend, dst.version)
+    use_trace = backend == "nft" and count == 1 and ktrace.available()
+    save = None if use_trace else counters.save_command(backend, dst.version)
     recent = _recent_names(prediction.outcomes)
+    notes: list[str] = []
+    if backend == "nft" and count == 1 and not use_trace:
+        notes.append("xtables-monitor not found: the rule counters are the evidence, not the kernel's trace")
+    temp_ns = sourcens.names()[0] if temporary_source else None
+    before: dict[counters.RuleKey, int] = {}
+    after: dict[counters.RuleKey, int] = {}
+    traced: dict[int, ktrace.ProbeTrace] = {}
     with _lock(), _terminate_as_interrupt():
         sports = _pick_ports(count, conntrack.used_ports(src, dst, packet.proto, packet.dport))
         forget = {n for n in recent if not _recent_has(n, src)}
         kept = recent - forget
-        sender = send.RawSender(dst.version, src_netns)
+        sender: send.RawSender | None = None
+        monitor: ktrace.Monitor | None = None
         try:
+            if temp_ns is not None:
+                _, _, temp_notes = sourcens.create(src)
+                notes.extend(temp_notes)
+                src_netns = temp_ns
+            sender = send.RawSender(dst.version, src_netns)
             datagrams = [send.build(src, dst, packet.proto, p, packet.dport) for p in sports]
-            guard.install(src, dst, packet.proto, sports, packet.dport, drop=not deliver)
-            before = counters.read_counters(save)
+            if use_trace:
+                monitor = ktrace.Monitor()
+                monitor.start()
+            guard.install(src, dst, packet.proto, sports, packet.dport, drop=not deliver, trace=use_trace)
+            if save is not None:
+                before = counters.read_counters(save)
             for data in datagrams:
                 sender.send(data, dst)
                 for name in forget:  # every probe is a first packet from this client
                     _recent_forget(name, src)
-            after, ends = _settle(save, before, prediction, count)
+            if monitor is not None:
+                traced = _settle_trace(monitor, sports, dst.version)
+            else:
+                assert save is not None
+                after, ends = _settle(save, before, prediction, count)
             cts = conntrack.entries(src, dst, packet.proto, packet.dport, set(sports)) if deliver else []
+            if monitor is not None:
+                ends = guard.counts()
         finally:
             with _signals_held():
-                sender.close()
+                if monitor is not None:
+                    monitor.stop()
+                if sender is not None:
+                    sender.close()
                 guard.remove()
                 for name in forget:
                     _recent_forget(name, src)
                 if deliver:
                     time.sleep(REPLY_WAIT)
                 conntrack.delete(src, dst, packet.proto, packet.dport, set(sports))
-    obs = _observe(prediction, counters.deltas(before, after), ends, count)
+                if temp_ns is not None:
+                    sourcens.remove(temp_ns)
+    if use_trace:
+        obs = _observe_trace(prediction, traced.get(sports[0]), ends)
+    else:
+        obs = _observe(prediction, counters.deltas(before, after), ends, count)
     obs.src, obs.sports, obs.conntrack = src, sports, cts
+    obs.src_netns, obs.temporary_netns = src_netns, temp_ns is not None
+    obs.notes[:0] = notes
     if kept:
         obs.notes.append(
             f"session affinity: {src} already had an entry in {', '.join(sorted(kept))}: the kernel "
@@ -197,6 +247,18 @@ def inject(
     _judge(obs, prediction, count)
     obs.seconds = round(time.monotonic() - started, 3)
     return obs
+
+
+def _settle_trace(monitor: ktrace.Monitor, sports: list[int], family: int) -> dict[int, ktrace.ProbeTrace]:
+    """Read the monitor's output until every probe's trace reached a final verdict (the
+    guard, or a drop) or the timeout (a probe the kernel dropped without a rule)."""
+    ids = {p: p & 0xFFFF for p in sports} if family == 4 else None  # send.build sets the IP id
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        traced = ktrace.parse(monitor.text(), set(sports), ids)
+        if all(p in traced and traced[p].ended for p in sports) or time.monotonic() > deadline:
+            return traced
+        time.sleep(0.01)
 
 
 def _terminals(prediction: Trace) -> set[tuple[str, str, str]]:
@@ -277,37 +339,125 @@ def _use_conntrack(obs: Observation, original_dst: str) -> None:
         return
     e = obs.conntrack[0]
     dnat = e.reply_src if e.reply_src != original_dst else None
+    if obs.evidence == "trace":
+        # The trace is as much the probe's own as conntrack, and it also sees a
+        # MASQUERADE that kept the address (a node's own packet leaving with its address).
+        if dnat != obs.dnat:
+            obs.notes.append(f"the trace says DNAT {obs.dnat}, conntrack says {dnat}")
+        return
     if dnat != obs.dnat:
         obs.notes.append(f"the counters say DNAT {obs.dnat}, conntrack says {dnat}: conntrack wins")
     obs.dnat = dnat
     obs.masquerade = e.snat
 
 
+def _observe_trace(prediction: Trace, pt: ktrace.ProbeTrace | None, ends: dict[str, int]) -> Observation:
+    """One probe's observation from the kernel's trace: every rule it took, in order."""
+    predicted = {(h.table, h.chain, h.rule) for o in prediction.outcomes for h in o.hops}
+    events = pt.hops if pt is not None else []
+    hops = [ObservedHop(e.table, e.chain, e.rule, 1, (e.table, e.chain, e.rule) in predicted, e.verdict) for e in events]
+    dnat: str | None = None
+    masq = False
+    for e in events:
+        target, to = counters.target_of(e.rule)
+        if target == "DNAT" and to and e.verdict == "ACCEPT":
+            dnat = to
+        elif target in ("MASQUERADE", "SNAT") and e.verdict == "ACCEPT":
+            masq = True
+    notes: list[str] = []
+    last = pt.events[-1] if pt is not None and pt.ended and pt.events else None
+    verdict: str | None
+    delivery: str | None = None
+    if last is not None and last.ours:
+        verdict, delivery = "accept", ("local" if last.chain == "in" else "forward")
+    elif last is not None:  # a DROP verdict: a DROP or REJECT rule, or a DROP policy
+        verdict = "reject" if counters.target_of(last.rule)[0] == "REJECT" else "drop"
+    elif ends.get("in") or ends.get("post"):
+        verdict, delivery = "accept", ("local" if ends.get("in") else "forward")
+        notes.append("the trace ended early; the guard counted the probe")
+    else:
+        verdict = None
+        notes.append(
+            "the trace shows no final verdict for the probe: the kernel dropped it without a rule "
+            "(routing, rp_filter) or it never arrived"
+        )
+    if pt is None:
+        notes.append("the kernel reported no trace for the probe")
+    return Observation(
+        src=prediction.packet.dst, sports=[], verdict=verdict, delivery=delivery, dnat=dnat,
+        masquerade=masq, hops=hops, notes=notes, evidence="trace",
+    )
+
+
+def _first_difference(predicted: list[tuple[str, str, str]], observed: list[tuple[str, str, str]]) -> int | None:
+    for i, (p, o) in enumerate(zip(predicted, observed)):
+        if p != o:
+            return i
+    return None if len(predicted) == len(observed) else min(len(predicted), len(observed))
+
+
+def _same_result(o: Outcome, obs: Observation) -> bool:
+    if (o.verdict, o.dnat, o.masquerade) != (obs.verdict, obs.dnat, obs.masquerade):
+        return False
+    return o.verdict != "accept" or o.delivery == obs.delivery
+
+
 def _judge(obs: Observation, prediction: Trace, count: int) -> None:
     outcomes = prediction.outcomes
     if count > 1:
-        total: dict[str, float] = {}
-        for o in outcomes:
-            total[outcome_key(o)] = total.get(outcome_key(o), 0.0) + o.probability
-        ok = set(obs.counts) <= set(total)
-        for key, p in total.items():
-            lo, hi = binomial_bounds(count, p)
-            obs.bounds[key] = (lo, hi)
-            ok = ok and lo <= obs.counts.get(key, 0) <= hi
-        for key in set(obs.counts) - set(total):
-            obs.notes.append(f"{key}: observed {obs.counts[key]} times, never predicted")
-        obs.agrees = ok
+        _judge_split(obs, prediction, count)
         return
-    for o in outcomes:
-        if (o.verdict, o.dnat, o.masquerade) != (obs.verdict, obs.dnat, obs.masquerade):
-            continue
-        if o.verdict == "accept" and o.delivery != obs.delivery:
-            continue
-        counted = {(h.table, h.chain, h.rule) for h in obs.hops}
-        missing = [h for h in _rule_hops(o) if h not in counted]
-        obs.matched = o
+    same = [o for o in outcomes if _same_result(o, obs)]
+    if obs.evidence == "trace":
+        # The trace is the path itself: it must be one of the predicted paths, rule by rule.
+        taken = [(h.table, h.chain, h.rule) for h in obs.hops if not h.rule.startswith(":")]
+        exact = [o for o in same if _rule_hops(o) == taken]
+        if exact:
+            obs.matched = obs.compared = exact[0]
+            obs.agrees = True
+            return
+        candidates = same or outcomes
+
+        def common(o: Outcome) -> int:
+            d = _first_difference(_rule_hops(o), taken)
+            return len(taken) + 1 if d is None else d
+
+        obs.compared = max(candidates, key=common) if candidates else None
+        obs.matched = obs.compared if same else None
+        if obs.compared is not None:
+            obs.first_difference = _first_difference(_rule_hops(obs.compared), taken)
+            if obs.first_difference is not None:
+                obs.notes.append(f"the kernel's path leaves the predicted one at hop {obs.first_difference + 1}")
+        obs.agrees = False
+        return
+    counted = {(h.table, h.chain, h.rule) for h in obs.hops}
+
+    def uncounted(o: Outcome) -> list[tuple[str, str, str]]:
+        return [h for h in _rule_hops(o) if h not in counted]
+
+    if same:
+        obs.matched = obs.compared = same[0]
+        missing = uncounted(same[0])
         obs.agrees = not missing
-        for table, chain, rule in missing:
+        for table, _chain, rule in missing:
             obs.notes.append(f"predicted but not counted by the kernel: {table} {rule}")
-        return
-    obs.agrees = False
+    else:
+        obs.compared = min(outcomes, key=lambda o: len(uncounted(o))) if outcomes else None
+        obs.agrees = False
+    if obs.compared is not None:
+        hops = _rule_hops(obs.compared)
+        obs.first_difference = next((i for i, h in enumerate(hops) if h not in counted), None)
+
+
+def _judge_split(obs: Observation, prediction: Trace, count: int) -> None:
+    total: dict[str, float] = {}
+    for o in prediction.outcomes:
+        total[outcome_key(o)] = total.get(outcome_key(o), 0.0) + o.probability
+    ok = set(obs.counts) <= set(total)
+    for key, p in total.items():
+        lo, hi = binomial_bounds(count, p)
+        obs.bounds[key] = (lo, hi)
+        ok = ok and lo <= obs.counts.get(key, 0) <= hi
+    for key in set(obs.counts) - set(total):
+        obs.notes.append(f"{key}: observed {obs.counts[key]} times, never predicted")
+    obs.agrees = ok

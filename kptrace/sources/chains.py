@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 
@@ -22,6 +23,9 @@ from ..model.rules import BUILTIN_CHAINS, Chain, Ruleset
 from ..parse.iptables_rule import parse_rule
 
 Runner = Callable[[Sequence[str], float], "subprocess.CompletedProcess[str]"]
+READ_AHEAD_MAX = 64  # jump targets of one chain read ahead, at most
+READ_AHEAD_WORKERS = 4
+_JUMP = re.compile(r" -[jg] (\S+)")
 ChainList = dict[str, list[tuple[str, str | None]]]  # table -> [(chain, policy of a built-in)]
 
 _TABLE = re.compile(r"^table (\S+) (\S+) \{")
@@ -89,6 +93,24 @@ def per_chain_ruleset(
     the backend), so they are not fetched twice."""
     tool = os.path.basename(command)
     fetched = dict(fetched or {})
+    # Chains a loaded chain jumps to are read ahead, a few at a time: a question that
+    # reaches a Service's chain goes on to its endpoints' chains, and one -S call at a
+    # time leaves the other core idle.
+    ahead: dict[tuple[str, str], Future[subprocess.CompletedProcess[str]]] = {}
+    pool: list[ThreadPoolExecutor] = []
+
+    def read(table: str, name: str) -> subprocess.CompletedProcess[str]:
+        return runner([command, "-w", "5", "-t", table, "-S", name], timeout)
+
+    def read_ahead(table: str, lines: list[str]) -> None:
+        targets = {m.group(1) for line in lines for m in [_JUMP.search(line)] if m}
+        targets = {t for t in targets if ("-" in t or not t.isupper()) and (table, t) not in ahead}
+        if not targets or len(targets) > READ_AHEAD_MAX:
+            return  # KUBE-SERVICES jumps to every Service: not worth reading them all
+        if not pool:
+            pool.append(ThreadPoolExecutor(max_workers=READ_AHEAD_WORKERS))
+        for target in sorted(targets):
+            ahead[(table, target)] = pool[0].submit(read, table, target)
 
     def names() -> dict[str, list[str]]:
         proc = runner([nft, "list", "chains"], timeout)
@@ -98,12 +120,14 @@ def per_chain_ruleset(
     def load(table: str, name: str) -> Chain | None:
         text = fetched.pop((table, name), None)
         if text is None:
-            proc = runner([command, "-w", "5", "-t", table, "-S", name], timeout)
+            future = ahead.get((table, name))
+            proc = future.result() if future is not None else read(table, name)
             if proc.returncode != 0:
                 return None  # no such chain (or gone since): the simulator reports a missing chain
             text = proc.stdout
         source = f"{tool} -t {table} -S {name}"
         lines = text.splitlines()
+        read_ahead(table, lines)
         policy = None
         for line in lines:
             if line.startswith("-P "):

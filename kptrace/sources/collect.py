@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from ..errors import EnvironmentProblem, ParseError, UnsupportedMode, UsageError
 from ..model.rules import BUILTIN_CHAINS, Ruleset
 from ..model.state import NodeState, Provenance, Route, SourceKind
-from ..parse.detect import kube_proxy_mode
+from ..parse.detect import kube_proxy_mode, ruleset_mode
 from ..parse.ipset import parse_ipset_save
 from ..parse.iptables_save import parse_save
 from .chains import ROOT_MESSAGE, kube_services, per_chain_ruleset, skeleton_save
@@ -135,34 +136,41 @@ def save_commands() -> dict[tuple[str, int], str]:
     return found
 
 
+_JUMP_TARGET = re.compile(r" -[jg] (\S+)")
+_TABLE_HEAD = re.compile(r"\*(\S+)")
+_TABLE_HEAD_NL = re.compile(r"\n\*(\S+)")  # a literal first: scanned at C speed
+_DECLARED = re.compile(r"\n:(\S+)")
+
+
 def undeclared_jumps(text: str) -> list[str]:
-    """``table chain -> target`` for each jump to a chain the save does not declare."""
+    """``table chain -> target`` for each jump to a chain the save does not declare.
+
+    The scans are regular expressions over each table's text (a large save has 400,000
+    rules); only a target found missing is traced back to its rule."""
     bad: list[str] = []
-    table = ""
-    declared: set[str] = set()
-    pending: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table, declared, pending = line[1:].strip(), set(), []
-        elif line.startswith(":"):
-            declared.add(line[1:].split(" ", 1)[0])
-        elif line.startswith("-A ") or (line.startswith("[") and "] -A " in line):
-            jumps = re.findall(r" -[jg] (\S+)", line)
-            if jumps:
-                chain = line.split("-A ", 1)[1].split(" ", 1)[0]
-                pending.append((chain, jumps[-1]))  # the target follows every match
-        elif line.strip() == "COMMIT":
-            for chain, target in pending:
-                # Extension targets are upper case without dashes (DNAT, MARK, ...).
-                is_chain = "-" in target or not target.isupper()
-                if target not in declared and is_chain:
-                    bad.append(f"{table} {chain} -> {target}")
-            pending = []
-    return bad
+    first = _TABLE_HEAD.match(text)
+    heads = ([first] if first else []) + list(_TABLE_HEAD_NL.finditer(text))
+    for m in heads:
+        table, start = m.group(1), m.end()
+        end = text.find("\nCOMMIT", start)
+        end = len(text) if end < 0 else end
+        declared = set(_DECLARED.findall(text, start, end))
+        for target in set(_JUMP_TARGET.findall(text, start, end)) - declared:
+            # Extension targets are upper case without dashes (DNAT, MARK, ...).
+            if "-" not in target and target.isupper():
+                continue
+            for line in re.finditer(rf"\n(?:\[\d+:\d+\] )?-A (\S+)[^\n]* -[jg] {re.escape(target)}(?=\s|$)", text[start - 1:end]):
+                bad.append(f"{table} {line.group(1)} -> {target}")
+    return sorted(bad)
 
 
-def read_save(command: str, *, timeout: float, runner: Runner = run_command) -> tuple[str, list[str]]:
-    """One consistent iptables-save text (retried while it is not) and its warnings."""
+def read_save(
+    command: str, *, timeout: float, runner: Runner = run_command, atomic: bool = False
+) -> tuple[str, list[str]]:
+    """One consistent iptables-save text (retried while it is not) and its warnings.
+
+    ``atomic``: the backend reads each table in one snapshot (legacy: one getsockopt per
+    table), so the text needs no consistency check."""
     name = os.path.basename(command)
     problems: list[str] = []
     for _attempt in range(1 + CONSISTENCY_RETRIES):
@@ -174,7 +182,7 @@ def read_save(command: str, *, timeout: float, runner: Runner = run_command) -> 
             if _DENIED.search(err):
                 raise EnvironmentProblem(ROOT_MESSAGE, detail=f"{name}: {_first_line(err)}")
             raise EnvironmentProblem(f"{name} failed (exit {proc.returncode}): {_first_line(err) or 'no message'}")
-        problems = undeclared_jumps(proc.stdout)
+        problems = [] if atomic else undeclared_jumps(proc.stdout)
         if not problems:
             return proc.stdout, []
     shown = ", ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
@@ -194,12 +202,17 @@ def read_saves(
         raise missing_binary(f"iptables-{wanted}-save")
     saves: dict[tuple[str, int], str] = {}
     warnings: list[str] = []
-    for key, command in commands.items():
-        if key[0] in skip:
-            continue
-        text, w = read_save(command, timeout=timeout, runner=runner)
-        saves[key] = text
-        warnings.extend(w)
+    wanted = [(key, command) for key, command in commands.items() if key[0] not in skip]
+    # The saves run side by side: the time is the slowest one's, not the sum.
+    with ThreadPoolExecutor(max_workers=max(len(wanted), 1)) as pool:
+        futures = [
+            pool.submit(read_save, command, timeout=timeout, runner=runner, atomic=key[0] == "legacy")
+            for key, command in wanted
+        ]
+        for (key, _command), future in zip(wanted, futures):
+            text, w = future.result()
+            saves[key] = text
+            warnings.extend(w)
     return saves, {k: os.path.basename(v) for k, v in commands.items()}, warnings
 
 
@@ -294,6 +307,29 @@ def collect(
 ) -> RawState:
     """Read everything once: rules (both backends, both families), ipsets, network."""
     forced = check_backend(backend)
+    # Netlink and ipset are read while the rules are: on a large node the saves take seconds.
+    # A thread started here is in the same network namespace as this one.
+    side = ThreadPoolExecutor(max_workers=2)
+    network = side.submit(read_network)
+    ipset = side.submit(read_ipset, timeout=timeout, runner=runner)
+    try:
+        raw = _collect_rules(forced, timeout=timeout, runner=runner, per_chain=per_chain)
+        raw.ipset = ipset.result()
+        raw.addresses, raw.routes, raw.policy_rules = network.result()
+    finally:
+        side.shutdown(wait=True, cancel_futures=True)
+    raw.sysctls = read_sysctls()
+    if versions:
+        for key, command in save_commands().items():
+            if key in raw.saves:
+                raw.versions[os.path.basename(command)] = _first_line(runner([command, "--version"], timeout).stdout)
+        ipset_path = find_binary("ipset")
+        if ipset_path and raw.ipset is not None:
+            raw.versions["ipset"] = _first_line(runner([ipset_path, "version"], timeout).stdout)
+    return raw
+
+
+def _collect_rules(forced: str | None, *, timeout: float, runner: Runner, per_chain: bool) -> RawState:
     nft_chains: dict[int, list[str]] | None = None
     kube_services_text: dict[int, str] = {}
     probed = _nft_per_chain(timeout=timeout, runner=runner) if per_chain and forced in (None, "nft") else None
@@ -307,20 +343,9 @@ def collect(
             # Declarations only, so that the backend choice sees kube-proxy's chains.
             saves[("nft", family)] = skeleton_save({"nat": [("KUBE-SERVICES", None)]}) if family in nft_chains else ""
             commands[("nft", family)] = f"{'ip6tables' if family == 6 else 'iptables'}-nft"
-    raw = RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner,
+    return RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner,
         nft_kube_services=kube_services_text,
     )
-    raw.ipset = read_ipset(timeout=timeout, runner=runner)
-    raw.addresses, raw.routes, raw.policy_rules = read_network()
-    raw.sysctls = read_sysctls()
-    if versions:
-        for key, command in save_commands().items():
-            if key in saves:
-                raw.versions[os.path.basename(command)] = _first_line(runner([command, "--version"], timeout).stdout)
-        ipset = find_binary("ipset")
-        if ipset and raw.ipset is not None:
-            raw.versions["ipset"] = _first_line(runner([ipset, "version"], timeout).stdout)
-    return raw
 
 
 def check_backend(backend: str | None) -> str | None:
@@ -332,8 +357,11 @@ def check_backend(backend: str | None) -> str | None:
 # -- raw state -> NodeState ----------------------------------------------------
 
 
+_RULE_LINE = re.compile(r"\n(?:\[\d+:\d+\] )?-A ")
+
+
 def _has_kube_chains(text: str) -> bool:
-    return re.search(r"^:KUBE-", text, re.M) is not None
+    return text.startswith(":KUBE-") or "\n:KUBE-" in text
 
 
 def choose_backend(saves: Mapping[tuple[str, int], str], forced: str | None) -> tuple[str, list[str]]:
@@ -363,8 +391,10 @@ def choose_backend(saves: Mapping[tuple[str, int], str], forced: str | None) -> 
         warnings.append(f"kube-proxy's chains (KUBE-*) are in iptables-{kube[0]}, but iptables-{forced} was asked for")
     if len(kube) < 2:
         for (b, family), text in sorted(saves.items()):
-            rules = len(re.findall(r"^(?:\[\d+:\d+\] )?-A ", text, re.M))
-            if b != chosen and rules:
+            if b == chosen:
+                continue  # not counted: the chosen save can hold 400,000 rules
+            rules = len(_RULE_LINE.findall("\n" + text))
+            if rules:
                 warnings.append(
                     f"iptables-{b} also holds {rules} IPv{family} rules: the kernel applies them too, "
                     "but this answer does not include them"
@@ -397,9 +427,9 @@ def rulesets_from_saves(
         if not re.search(r"^\*", text, re.M):
             continue  # no tables in this family
         source = sources.get((backend, family), f"{backend}-v{family}")
-        if kube_proxy_mode(text) == "ipvs":
-            raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet")
         found, w = parse_save(text, source=source, lenient=lenient, backend=backend)
+        if any(ruleset_mode(rs) == "ipvs" for rs in found):
+            raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet")
         for rs in found:
             rs.family = family  # the command says which family; the text may not
         rulesets.extend(found)

@@ -9,7 +9,7 @@ import sys
 from ..errors import ParseError, UnsupportedMode, UsageError
 from ..model.packet import IPAddress
 from ..model.state import NodeState, Provenance
-from ..parse.detect import detect_format, kube_proxy_mode
+from ..parse.detect import detect_format, ruleset_mode
 from ..parse.ipset import parse_ipset_save
 from ..parse.iptables_save import parse_save
 
@@ -46,9 +46,9 @@ def load_files(
             raise ParseError("binary data, not a ruleset", source=name)
         fmt = detect_format(text)
         if fmt == "iptables-save":
-            if kube_proxy_mode(text) == "ipvs":
-                raise UnsupportedMode(f"{name}: kube-proxy's IPVS mode detected: not supported yet")
             found, w = parse_save(text, source=name, lenient=lenient)
+            if any(ruleset_mode(rs) == "ipvs" for rs in found):
+                raise UnsupportedMode(f"{name}: kube-proxy's IPVS mode detected: not supported yet")
             rulesets.extend(found)
             warnings.extend(w)
         elif fmt == "ipset-save":

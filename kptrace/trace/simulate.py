@@ -18,7 +18,7 @@ from ..model.rules import Rule, Ruleset
 from ..model.state import NodeState
 from . import hooks
 from .matches import Chance, Unknown, evaluate
-from .prefilter import cannot_match
+from .prefilter import next_candidate, scan_of
 from ..kube.comments import service_of_hops
 
 MAX_PATHS = 20000
@@ -350,9 +350,16 @@ class _Simulator:
         while work:
             s, i = work.pop()
             ended = False
+            scan = scan_of(chain) if chain is not None else None
+            found = scan.candidates(s.dst) if scan is not None else None
             while i < count:
-                assert chain is not None
-                if cannot_match(chain.raw(i), s.dst, s.dport):
+                assert chain is not None and scan is not None
+                if found is not None:
+                    nxt = next_candidate(found, i)
+                    if nxt is None:
+                        break  # no rule left that could match
+                    i = nxt
+                if scan.cannot_match(i, s.dst, s.dport):
                     i += 1  # ruled out from its text: no need to parse it
                     continue
                 rule = chain.rule(i)
