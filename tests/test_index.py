@@ -55,6 +55,17 @@ def test_block_index_equals_line_index(name: str, text: str) -> None:
     assert _dump(fast) == _dump(slow)
 
 
+@pytest.mark.parametrize("text", [
+    "*nat\n:A - [0:0]\n-A A -j RETURN\n:B - [0:0]\n-A B -j A\nCOMMIT\n",  # a declaration after rules
+    "*nat\n:A - [0:0]\n[1:2] -A A -j RETURN\nCOMMIT\n",  # counters
+    "*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n-A A -j RETURN\n",  # a rule after COMMIT
+    "*nat\n:A - [0:0]\nCOMMIT\nstray\n*filter\nCOMMIT\n",  # a stray line between tables
+    "*nat\n:A - [0:0]\n-A A -j RETURN\n-A A -j RETURN extra\nbad line\nCOMMIT\n",
+])
+def test_layouts_the_fast_index_does_not_take(text: str) -> None:
+    assert _index_fast(text, lenient=False) is None
+
+
 def test_unusual_input_falls_back_to_line_index() -> None:
     text = "*nat\n:X - [0:0]\n-N Y\n-A X -j Y\n-I X 1 -j RETURN\nCOMMIT\n"
     assert _index_fast(text, lenient=False) is None

@@ -221,8 +221,10 @@ def packet(
 
 @app.command(epilog="Examples:\n\n  sudo kptrace cleanup\n\n  sudo kptrace --netns kptrace-node cleanup")
 def cleanup() -> None:
-    """Remove what an interrupted 'packet --inject' left in the kernel (its nft table
-    'inet kptrace_probe' and rules commented 'kptrace-probe'); kube-proxy's rules are untouched."""
+    """Remove what an interrupted 'packet --inject' left in the kernel: its nft table
+    'inet kptrace_probe', rules commented 'kptrace-probe', and the temporary source
+    namespaces (kptrace-probe-PID) and links of probes whose process is gone. kube-proxy's
+    rules are untouched."""
     from ..probe.cleanup import cleanup as remove_leftovers
 
     removed = remove_leftovers()

@@ -64,6 +64,11 @@ class TableIndex:
     decl_at: dict[str, int] = field(default_factory=dict)  # chain -> offset of its ":" line
     spans: dict[str, list[Span]] = field(default_factory=dict)  # chain -> where its rules are
     start: int = 0  # offset of the *table line
+    blocks: dict[str, re.Match[str]] = field(default_factory=dict)  # chain -> its one run of rules
+
+    def spans_of(self, chain: str) -> list[Span]:
+        m = self.blocks.get(chain)
+        return [m.span(1)] if m is not None else self.spans.get(chain, [])
 
 
 class LineCounter:
@@ -123,13 +128,16 @@ def split_documents(text: str) -> list[tuple[int, str]]:
 
 # --- the fast indexer --------------------------------------------------------------
 # Patterns start with a literal newline so the regex engine can skip ahead at C speed;
-# the first line of the text is checked on its own.
+# the first line of the text is checked on its own. Each part of a table is checked for
+# lines of the one kind it may hold: declarations first, then rules (iptables-save's and
+# kube-proxy's layout); anything else goes to the line-by-line indexer.
 _TABLE_OR_COMMIT = re.compile(r"\n(?:\*(\S+)|(COMMIT))[ \t]*(?=\n|$)")
-_UNEXPECTED_LINE = re.compile(r"\n(?!-A \S|:\S|#|[ \t]*(?:\n|$)|COMMIT[ \t]*(?:\n|$)|\*\S)")
+_NOT_DECL_LINE = re.compile(r"\n(?!:\S|#|[ \t]*(?:\n|$))")
+_NOT_RULE_LINE = re.compile(r"\n(?!-A \S|#|[ \t]*(?:\n|$))")
+_NOT_BLANK_LINE = re.compile(r"\n(?!#|[ \t]*(?:\n|$))")
 _DECL_NAME = re.compile(r"\n:(\S+)")
 # One chain's run of rules; group 1 is the run without its leading newline, group 2 the chain.
 _BLOCK = re.compile(r"\n(-A (\S+)(?=[ \t\n]|$)[^\n]*(?:\n-A \2(?=[ \t\n]|$)[^\n]*)*)")
-_RULE_OR_DECL = re.compile(r"\n(?:-A |:)")
 
 
 def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
@@ -138,8 +146,6 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
     first_line = text if nl < 0 else text[:nl]
     first = first_line.strip()
     if first and not first.startswith(("#", "*")):
-        return None
-    if _UNEXPECTED_LINE.search(text):
         return None
     marks: list[tuple[int, int, str | None]] = []  # (start, end, table name or None for COMMIT)
     if first.startswith("*"):
@@ -152,34 +158,40 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
     for (h_start, h_end, name), (c_start, c_end, commit) in zip(marks[::2], marks[1::2]):
         if name is None or commit is not None or name not in BUILTIN_CHAINS or name in tables:
             return None
-        if _RULE_OR_DECL.search(text, previous_end, h_start):  # rules outside a table
+        if _NOT_BLANK_LINE.search(text, previous_end, h_start):  # a line between tables
             return None
         start, end = h_end, c_start - 1  # the newline before COMMIT ends the last rule
-        policy: dict[str, str | None] = dict.fromkeys(_DECL_NAME.findall(text, start, end))
+        rules_at = text.find("\n-A ", start, end)
+        rules_at = end if rules_at < 0 else rules_at
+        if _NOT_DECL_LINE.search(text, start, rules_at) or _NOT_RULE_LINE.search(text, rules_at, end):
+            return None
+        policy: dict[str, str | None] = dict.fromkeys(_DECL_NAME.findall(text, start, rules_at))
         for chain in BUILTIN_CHAINS[name]:
             if chain in policy:
-                m = re.compile(rf"\n:{chain}[ \t]*(\S*)").search(text, start, end)
+                m = re.compile(rf"\n:{chain}[ \t]*(\S*)").search(text, start, rules_at)
                 pol = (m.group(1) if m else "") or "-"
                 if pol not in POLICIES:
                     return None
                 policy[chain] = pol
-        # The work stays in C: one match per run of rules, one dict entry per chain.
-        blocks = list(_BLOCK.finditer(text, start, end))
-        spans: dict[str, list[Span]] = {m[2]: [m.span(1)] for m in blocks}
-        if len(spans) != len(blocks):  # a chain's rules in several runs (hand-edited)
-            spans = {}
-            for m in blocks:
+        # The work stays in C: one match per run of rules, kept as is (its offsets are
+        # read when the chain is), one dict entry per chain.
+        runs = list(_BLOCK.finditer(text, rules_at, end))
+        blocks = {m[2]: m for m in runs}
+        spans: dict[str, list[Span]] = {}
+        if len(blocks) != len(runs):  # a chain's rules in several runs (hand-edited)
+            blocks = {}
+            for m in runs:
                 spans.setdefault(m[2], []).append(m.span(1))
-        undeclared = spans.keys() - policy.keys()
+        undeclared = (blocks.keys() or spans.keys()) - policy.keys()
         if undeclared and not lenient:
             return None
         order = list(policy)
         for chain in sorted(undeclared):
             order.append(chain)
             policy[chain] = None
-        tables[name] = TableIndex(name, order, policy, {}, spans, h_start)
+        tables[name] = TableIndex(name, order, policy, {}, spans, h_start, blocks)
         previous_end = c_end
-    if _RULE_OR_DECL.search(text, previous_end):
+    if _NOT_BLANK_LINE.search(text, previous_end):
         return None
     return tables
 
@@ -358,7 +370,7 @@ def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple
         if name in BUILTIN_CHAINS[table] and policy is None:
             policy = "-"
         raw: list[tuple[int | None, str]] = []
-        for start, end in t.spans.get(name, ()):
+        for start, end in t.spans_of(name):
             line = index.lines.line_at(start)
             for k, rule_text in enumerate(text[start:end].split("\n")):
                 raw.append((line + k, rule_text))
