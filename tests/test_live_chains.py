@@ -70,3 +70,37 @@ def test_live_reads_only_the_chains_reached(ns: str) -> None:
     assert not any(s.startswith("iptables-nft-save") or s.startswith("ip6tables-nft-save") for s in saves)
     assert 3 <= chain_reads <= 30  # KUBE-SERVICES, the Service's chains, the built-ins: not 1,500 chains
     assert {d.rsplit(":", 1)[0] for d in dnats if d} == {str(e.ip) for e in svc.endpoints}
+
+
+def test_jump_targets_are_read_ahead() -> None:
+    """Loading a Service's chain starts reading its endpoints' chains; a chain jumping to
+    more than READ_AHEAD_MAX chains (KUBE-SERVICES) starts nothing."""
+    import subprocess
+    import threading
+
+    from kptrace.sources.chains import READ_AHEAD_MAX, per_chain_ruleset
+
+    seps = [f"KUBE-SEP-{i:016d}" for i in range(3)]
+    outputs = {
+        "KUBE-SVC-A": "-N KUBE-SVC-A\n" + "".join(f"-A KUBE-SVC-A -j {s}\n" for s in seps) + "-A KUBE-SVC-A -j MARK --set-xmark 0x1/0x1\n",
+        "KUBE-SERVICES": "-N KUBE-SERVICES\n" + "".join(f"-A KUBE-SERVICES -j KUBE-SVC-{i}\n" for i in range(READ_AHEAD_MAX + 1)),
+    }
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def runner(argv, timeout):
+        name = argv[-1]
+        with lock:
+            calls.append(name)
+        text = outputs.get(name, f"-N {name}\n-A {name} -j RETURN\n")
+        return subprocess.CompletedProcess(argv, 0, text, "")
+
+    rs = per_chain_ruleset(4, ["nat"], command="iptables-nft", nft="nft", timeout=5, runner=runner, lenient=False)
+    svc = rs.chain("nat", "KUBE-SVC-A")
+    assert [svc.raw(i) for i in range(len(svc))][0] == f"-A KUBE-SVC-A -j {seps[0]}"
+    for sep in seps:  # each read once: ahead, then taken from there
+        assert rs.chain("nat", sep).raw(0) == f"-A {sep} -j RETURN"
+    assert sorted(calls) == sorted(["KUBE-SVC-A", *seps])
+    calls.clear()
+    rs.chain("nat", "KUBE-SERVICES")
+    assert calls == ["KUBE-SERVICES"]
