@@ -199,3 +199,16 @@ def test_killed_mid_inject(lab: dict[str, Any], sig: signal.Signals) -> None:
         left = probe_leftovers()
     assert left == NOTHING
     assert "nothing to remove" in kptrace("--netns", NODE_NS, "cleanup").stdout
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("src", ["224.0.0.9", "0.0.0.0"])
+def test_martian_source_is_dropped_by_routing_as_predicted(lab: dict[str, Any], src: str) -> None:
+    """The kernel runs nat PREROUTING (DNAT included), then its routing drops the packet
+    with no rule: the prediction says so, and the trace agrees."""
+    r = kptrace("--netns", NODE_NS, "packet", "--dst", f"{WEBAPP}:80", "--src", src, "--inject", "-o", "json")
+    assert r.returncode == 1, r.stdout + r.stderr  # dropped, and the kernel agrees (not 6)
+    doc = json.loads(r.stdout)
+    assert doc["agrees"] and doc["observed"]["verdict"] is None and doc["observed"]["dnat"] in WEBAPP_EPS
+    assert all(o["verdict"] == "drop" and "martian source" in o["reason"] for o in doc["outcomes"])
+    assert probe_leftovers() == NOTHING

@@ -236,3 +236,21 @@ def test_forwarding_disabled_drops_before_forward() -> None:
     (o,) = trace(n, pkt("10.9.9.9")).outcomes
     assert o.verdict == "drop" and "ip_forward=0" in o.reason
     assert "filter FORWARD" not in o.path
+
+
+@pytest.mark.parametrize("src,why", [("0.0.0.0", "0.0.0.0/8"), ("224.0.0.9", "multicast"), ("255.255.255.255", "limited broadcast")])
+def test_martian_source_from_another_host_is_dropped_after_prerouting(src: str, why: str) -> None:
+    nat = "-A PREROUTING -d 10.96.0.1/32 -p tcp --dport 80 -j DNAT --to-destination 10.1.0.1:80\n"
+    (o,) = trace(node(nat, filt="-A FORWARD -j ACCEPT\n"), pkt("10.96.0.1", src=src)).outcomes
+    assert o.verdict == "drop" and why in o.reason and "martian" in o.reason
+    assert o.dnat is not None and o.dnat.startswith("10.1.0.1")  # PREROUTING ran first
+    assert "filter FORWARD" not in o.path
+
+
+def test_loopback_source_from_another_host_needs_route_localnet() -> None:
+    n = node(filt="-A INPUT -j ACCEPT\n", sysctls={"net.ipv4.conf.all.route_localnet": "0"})
+    (o,) = trace(n, pkt("192.168.0.2", src="127.0.0.5")).outcomes
+    assert o.verdict == "drop" and "loopback" in o.reason
+    n = node(filt="-A INPUT -j ACCEPT\n", sysctls={"net.ipv4.conf.all.route_localnet": "1"})
+    (o,) = trace(n, pkt("192.168.0.2", src="127.0.0.5")).outcomes
+    assert o.verdict == "accept"

@@ -396,7 +396,15 @@ def _first_difference(predicted: list[tuple[str, str, str]], observed: list[tupl
     return None if len(predicted) == len(observed) else min(len(predicted), len(observed))
 
 
+def _dropped_by_routing(o: Outcome) -> bool:
+    """Predicted to be dropped by the kernel's routing (no route, martian source, forwarding
+    off), not by a rule: the trace then shows no final verdict, as for a lost probe."""
+    return o.verdict == "drop" and bool(o.path) and o.path[-1].startswith("routing:")
+
+
 def _same_result(o: Outcome, obs: Observation) -> bool:
+    if obs.verdict is None and _dropped_by_routing(o):
+        return (o.dnat, o.masquerade) == (obs.dnat, obs.masquerade)
     if (o.verdict, o.dnat, o.masquerade) != (obs.verdict, obs.dnat, obs.masquerade):
         return False
     return o.verdict != "accept" or o.delivery == obs.delivery

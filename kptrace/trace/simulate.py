@@ -153,6 +153,19 @@ def trace(node: NodeState, packet: Packet) -> Trace:
     return sim.run(packet)
 
 
+def _martian_source(src: IPAddress, route_localnet: str | None) -> str | None:
+    """Why IPv4 routing refuses a packet from another host with this source, if it does."""
+    if src.is_multicast:
+        return "multicast"
+    if int(src) == 0xFFFFFFFF:
+        return "limited broadcast"
+    if int(src) >> 24 == 0:
+        return "0.0.0.0/8"
+    if src.is_loopback and route_localnet is not None and route_localnet.strip() == "0":
+        return "loopback, with net.ipv4.conf.all.route_localnet=0"
+    return None
+
+
 class _Simulator:
     def __init__(self, node: NodeState, ruleset: Ruleset) -> None:
         self.node = node
@@ -245,6 +258,15 @@ class _Simulator:
 
     def _route(self, st: PathState, finished: list[PathState], *, local_origin: bool, before_nat: bool = False) -> bool | None:
         """The routing decision: True local, False forward/out, None the path ended."""
+        if not local_origin and not before_nat and st.src is not None and st.src.version == 4:
+            martian = _martian_source(st.src, self.node.sysctls.get("net.ipv4.conf.all.route_localnet"))
+            if martian:
+                # ip_route_input drops these after PREROUTING: its rules (and DNAT) ran.
+                st.verdict = "drop"
+                st.reason = f"martian source {st.src} ({martian}): the kernel's routing drops it"
+                st.path.append("routing: martian source")
+                finished.append(st)
+                return None
         local = self.node.is_local(st.dst)
         if local is None:
             local = False
