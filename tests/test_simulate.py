@@ -254,3 +254,10 @@ def test_loopback_source_from_another_host_needs_route_localnet() -> None:
     n = node(filt="-A INPUT -j ACCEPT\n", sysctls={"net.ipv4.conf.all.route_localnet": "1"})
     (o,) = trace(n, pkt("192.168.0.2", src="127.0.0.5")).outcomes
     assert o.verdict == "accept"
+
+
+def test_dhcp_discover_from_zero_source_is_not_martian() -> None:
+    n = node(filt="-A INPUT -p udp --dport 67 -j ACCEPT\n")
+    (o,) = trace(n, pkt("255.255.255.255", 67, src="0.0.0.0", proto="udp")).outcomes
+    assert o.verdict == "accept" and "martian" not in (o.reason or "")
+    assert "filter INPUT" in o.path and "filter FORWARD" not in o.path

@@ -17,7 +17,7 @@ _IPVS_HINTS = (
 
 
 def detect_format(text: str) -> Format:
-    head = text[:8192].lstrip()[:4096]  # not text.lstrip(): that may copy a large text
+    head = text[:8192].lstrip()[:4096] or text.lstrip()[:4096]  # text.lstrip() may copy a large text
     if not head:
         return "unknown"
     if head.startswith("{") and '"nftables"' in head:
@@ -33,19 +33,25 @@ def detect_format(text: str) -> Format:
     return "unknown"
 
 
-_IPVS_CHAINS = (("nat", "KUBE-LOAD-BALANCER"), ("nat", "KUBE-NODE-PORT"), ("filter", "KUBE-IPVS-FILTER"))
+_IPVS_CHAINS = ("KUBE-LOAD-BALANCER", "KUBE-NODE-PORT")
+_IPVS_SET_CHAINS = (("nat", "KUBE-SERVICES"), ("nat", "KUBE-POSTROUTING"), ("nat", "KUBE-NODE-PORT"), ("filter", "KUBE-NODE-PORT"))
 
 
 def ruleset_mode(rs: Ruleset) -> str | None:
-    """'ipvs' when a parsed ruleset shows kube-proxy's IPVS mode, else None.
+    """'ipvs' when a ruleset read from a save shows kube-proxy's IPVS mode, else None.
 
-    Looks at the chains IPVS mode declares and at nat KUBE-SERVICES only, instead of
-    searching a whole large save for the same hints."""
-    if any(rs.has_chain(table, name) for table, name in _IPVS_CHAINS):
-        return "ipvs"
-    services = rs.chain("nat", "KUBE-SERVICES")
-    if services is not None and _IPVS_HINTS[0].search("\n".join(services.raw(i) for i in range(len(services)))):
-        return "ipvs"
+    Looks at the chains IPVS mode declares (in any table) and at the chains that match its
+    ipsets, instead of searching a whole large save for the same hints. Meant for rulesets
+    whose chain names are known (from a save): it lists them."""
+    for table in rs.tables:
+        if any(rs.has_chain(table, name) for name in _IPVS_CHAINS):
+            return "ipvs"
+        if any(name.startswith("KUBE-IPVS-") for name in rs.chain_names(table)):
+            return "ipvs"
+    for table, name in _IPVS_SET_CHAINS:
+        chain = rs.chain(table, name) if rs.has_chain(table, name) else None
+        if chain is not None and _IPVS_HINTS[0].search("\n".join(chain.raw(i) for i in range(len(chain)))):
+            return "ipvs"
     return None
 
 
@@ -54,3 +60,22 @@ def kube_proxy_mode(text: str) -> str | None:
     if any(p.search(text) for p in _IPVS_HINTS):
         return "ipvs"
     return None
+
+
+def parse_iptables_mode_save(
+    text: str, *, source: str, lenient: bool = False, backend: str | None = None
+) -> tuple[list[Ruleset], list[str]]:
+    """``parse_save`` for kube-proxy's iptables mode: a save from IPVS mode is refused with
+    UnsupportedMode, also when it is one the parser would reject."""
+    from ..errors import ParseError, UnsupportedMode
+    from .iptables_save import parse_save
+
+    try:
+        found, warnings = parse_save(text, source=source, lenient=lenient, backend=backend)
+    except ParseError:
+        if kube_proxy_mode(text) == "ipvs":
+            raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet") from None
+        raise
+    if any(ruleset_mode(rs) == "ipvs" for rs in found):
+        raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet")
+    return found, warnings

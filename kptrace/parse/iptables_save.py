@@ -65,6 +65,7 @@ class TableIndex:
     spans: dict[str, list[Span]] = field(default_factory=dict)  # chain -> where its rules are
     start: int = 0  # offset of the *table line
     blocks: dict[str, re.Match[str]] = field(default_factory=dict)  # chain -> its one run of rules
+    decls_end: int | None = None  # where the declarations end (fast index), else unknown
 
     def spans_of(self, chain: str) -> list[Span]:
         m = self.blocks.get(chain)
@@ -132,7 +133,10 @@ def split_documents(text: str) -> list[tuple[int, str]]:
 # lines of the one kind it may hold: declarations first, then rules (iptables-save's and
 # kube-proxy's layout); anything else goes to the line-by-line indexer.
 _TABLE_OR_COMMIT = re.compile(r"\n(?:\*(\S+)|(COMMIT))[ \t]*(?=\n|$)")
-_NOT_DECL_LINE = re.compile(r"\n(?!:\S|#|[ \t]*(?:\n|$))")
+# ":name", ":name policy" or ":name policy [packets:bytes]"; other forms go to the line indexer.
+_NOT_DECL_LINE = re.compile(
+    r"\n(?!:[^ \t\n]+(?:[ \t]+[^ \t\n]+(?:[ \t]+\[\d+:\d+\])?)?[ \t]*(?:\n|$)|#|[ \t]*(?:\n|$))"
+)
 _NOT_RULE_LINE = re.compile(r"\n(?!-A \S|#|[ \t]*(?:\n|$))")
 _NOT_BLANK_LINE = re.compile(r"\n(?!#|[ \t]*(?:\n|$))")
 _DECL_NAME = re.compile(r"\n:(\S+)")
@@ -146,6 +150,8 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
     first_line = text if nl < 0 else text[:nl]
     first = first_line.strip()
     if first and not first.startswith(("#", "*")):
+        return None
+    if "\r" in text:  # CRLF: the patterns below expect plain newlines
         return None
     marks: list[tuple[int, int, str | None]] = []  # (start, end, table name or None for COMMIT)
     if first.startswith("*"):
@@ -168,8 +174,9 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
         policy: dict[str, str | None] = dict.fromkeys(_DECL_NAME.findall(text, start, rules_at))
         for chain in BUILTIN_CHAINS[name]:
             if chain in policy:
-                m = re.compile(rf"\n:{chain}[ \t]*(\S*)").search(text, start, rules_at)
-                pol = (m.group(1) if m else "") or "-"
+                # The last declaration wins, as in iptables-restore.
+                found = re.compile(rf"\n:{chain}(?=[ \t\n]|$)[ \t]*([^ \t\n]*)").findall(text, start, rules_at)
+                pol = (found[-1] if found else "") or "-"
                 if pol not in POLICIES:
                     return None
                 policy[chain] = pol
@@ -186,10 +193,15 @@ def _index_fast(text: str, lenient: bool) -> dict[str, TableIndex] | None:
         if undeclared and not lenient:
             return None
         order = list(policy)
-        for chain in sorted(undeclared):
+
+        def first_run(chain: str) -> int:
+            m = blocks.get(chain)
+            return m.start() if m is not None else spans[chain][0][0]
+
+        for chain in sorted(undeclared, key=first_run):  # in order of appearance, as declared by use
             order.append(chain)
             policy[chain] = None
-        tables[name] = TableIndex(name, order, policy, {}, spans, h_start, blocks)
+        tables[name] = TableIndex(name, order, policy, {}, spans, h_start, blocks, rules_at)
         previous_end = c_end
     if _NOT_BLANK_LINE.search(text, previous_end):
         return None
@@ -322,9 +334,12 @@ def _family(text: str) -> int | None:
     # One save holds one family, so the first address decides; searching for the other
     # family's addresses would scan the whole text for nothing.
     m = _ADDR.search(text)
-    if m is None:
-        return None
-    return 6 if m.group("v6") is not None or m.group("v6nat") is not None else 4
+    while m is not None:
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if text.count('"', line_start, m.start()) % 2 == 0:  # not inside a quoted comment
+            return 6 if m.group("v6") is not None or m.group("v6nat") is not None else 4
+        m = _ADDR.search(text, m.end())
+    return None
 
 
 def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple[Ruleset, list[str]]:
@@ -376,11 +391,15 @@ def ruleset_from_index(index: SaveIndex, *, backend: str | None = None) -> tuple
                 raw.append((line + k, rule_text))
         def decl_line() -> int | None:
             decl = t.decl_at.get(name)
-            if decl is None and name in t.policy:
-                found = text.find(f"\n:{name} ", t.start)
-                if found < 0:
-                    found = text.find(f"\n:{name}\n", t.start)
-                decl = found + 1 if found >= 0 else None
+            if decl is None and name in t.policy and t.decls_end is not None:
+                # The fast index keeps no offsets per declaration: find it (the last one
+                # wins, as in iptables-restore) among this table's declarations.
+                last = None
+                for last in re.compile(rf"\n:{re.escape(name)}(?=[ \t\n]|$)").finditer(text, t.start, t.decls_end + 1):
+                    pass
+                decl = last.start() + 1 if last is not None else None
+                if decl is None and t.spans_of(name):  # lenient: declared by its first rule
+                    decl = t.spans_of(name)[0][0]
             return index.lines.line_at(decl) if decl is not None else None
 
         return Chain(

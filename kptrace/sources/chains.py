@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from typing import Callable, Sequence
 
 
@@ -96,21 +97,40 @@ def per_chain_ruleset(
     # Chains a loaded chain jumps to are read ahead, a few at a time: a question that
     # reaches a Service's chain goes on to its endpoints' chains, and one -S call at a
     # time leaves the other core idle.
+    # Daemon threads: a read no question needed in the end must not hold up the exit.
     ahead: dict[tuple[str, str], Future[subprocess.CompletedProcess[str]]] = {}
-    pool: list[ThreadPoolExecutor] = []
+    loaded: set[tuple[str, str]] = set()
+    slots = threading.BoundedSemaphore(READ_AHEAD_WORKERS)
 
     def read(table: str, name: str) -> subprocess.CompletedProcess[str]:
         return runner([command, "-w", "5", "-t", table, "-S", name], timeout)
 
+    def in_background(table: str, name: str) -> Future[subprocess.CompletedProcess[str]]:
+        future: Future[subprocess.CompletedProcess[str]] = Future()
+
+        def work() -> None:
+            with slots:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(read(table, name))
+                except BaseException as exc:  # handed to whoever asks for the chain
+                    future.set_exception(exc)
+
+        threading.Thread(target=work, name=f"read-ahead {name}", daemon=True).start()
+        return future
+
     def read_ahead(table: str, lines: list[str]) -> None:
         targets = {m.group(1) for line in lines for m in [_JUMP.search(line)] if m}
-        targets = {t for t in targets if ("-" in t or not t.isupper()) and (table, t) not in ahead}
+        targets = {
+            t for t in targets
+            if ("-" in t or not t.isupper()) and (table, t) not in ahead and (table, t) not in loaded
+            and (table, t) not in fetched
+        }
         if not targets or len(targets) > READ_AHEAD_MAX:
             return  # KUBE-SERVICES jumps to every Service: not worth reading them all
-        if not pool:
-            pool.append(ThreadPoolExecutor(max_workers=READ_AHEAD_WORKERS))
         for target in sorted(targets):
-            ahead[(table, target)] = pool[0].submit(read, table, target)
+            ahead[(table, target)] = in_background(table, target)
 
     def names() -> dict[str, list[str]]:
         proc = runner([nft, "list", "chains"], timeout)
@@ -127,6 +147,7 @@ def per_chain_ruleset(
             text = proc.stdout
         source = f"{tool} -t {table} -S {name}"
         lines = text.splitlines()
+        loaded.add((table, name))
         read_ahead(table, lines)
         policy = None
         for line in lines:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from ..errors import EnvironmentProblem, ParseError, UnsupportedMode, UsageError
 from ..model.rules import BUILTIN_CHAINS, Ruleset
 from ..model.state import NodeState, Provenance, Route, SourceKind
-from ..parse.detect import kube_proxy_mode, ruleset_mode
+from ..parse.detect import kube_proxy_mode, parse_iptables_mode_save
 from ..parse.ipset import parse_ipset_save
 from ..parse.iptables_save import parse_save
 from .chains import ROOT_MESSAGE, kube_services, per_chain_ruleset, skeleton_save
@@ -143,7 +143,8 @@ def save_commands() -> dict[tuple[str, int], str]:
     return found
 
 
-_JUMP_TARGET = re.compile(r" -[jg] (\S+)")
+# A rule's jump: the last -j/-g of its line (a comment before it may quote " -j ...").
+_JUMP_TARGET = re.compile(r" -[jg] ([^\s\"]+)(?:(?! -[jg] )[^\n])*(?=\n|$)")
 _TABLE_HEAD = re.compile(r"\*(\S+)")
 _TABLE_HEAD_NL = re.compile(r"\n\*(\S+)")  # a literal first: scanned at C speed
 _DECLARED = re.compile(r"\n:(\S+)")
@@ -160,7 +161,8 @@ def undeclared_jumps(text: str) -> list[str]:
     for m in heads:
         table, start = m.group(1), m.end()
         end = text.find("\nCOMMIT", start)
-        end = len(text) if end < 0 else end
+        if end < 0:
+            continue  # a truncated table: the parser reports it
         declared = set(_DECLARED.findall(text, start, end))
         for target in set(_JUMP_TARGET.findall(text, start, end)) - declared:
             # Extension targets are upper case without dashes (DNAT, MARK, ...).
@@ -434,9 +436,7 @@ def rulesets_from_saves(
         if not re.search(r"^\*", text, re.M):
             continue  # no tables in this family
         source = sources.get((backend, family), f"{backend}-v{family}")
-        found, w = parse_save(text, source=source, lenient=lenient, backend=backend)
-        if any(ruleset_mode(rs) == "ipvs" for rs in found):
-            raise UnsupportedMode(f"{source}: kube-proxy's IPVS mode detected: not supported yet")
+        found, w = parse_iptables_mode_save(text, source=source, lenient=lenient, backend=backend)
         for rs in found:
             rs.family = family  # the command says which family; the text may not
         rulesets.extend(found)

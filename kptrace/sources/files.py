@@ -9,9 +9,8 @@ import sys
 from ..errors import ParseError, UnsupportedMode, UsageError
 from ..model.packet import IPAddress
 from ..model.state import NodeState, Provenance
-from ..parse.detect import detect_format, ruleset_mode
+from ..parse.detect import detect_format, parse_iptables_mode_save
 from ..parse.ipset import parse_ipset_save
-from ..parse.iptables_save import parse_save
 
 
 def read_text(path: str) -> str:
@@ -46,9 +45,7 @@ def load_files(
             raise ParseError("binary data, not a ruleset", source=name)
         fmt = detect_format(text)
         if fmt == "iptables-save":
-            found, w = parse_save(text, source=name, lenient=lenient)
-            if any(ruleset_mode(rs) == "ipvs" for rs in found):
-                raise UnsupportedMode(f"{name}: kube-proxy's IPVS mode detected: not supported yet")
+            found, w = parse_iptables_mode_save(text, source=name, lenient=lenient)
             rulesets.extend(found)
             warnings.extend(w)
         elif fmt == "ipset-save":

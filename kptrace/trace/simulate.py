@@ -153,15 +153,19 @@ def trace(node: NodeState, packet: Packet) -> Trace:
     return sim.run(packet)
 
 
-def _martian_source(src: IPAddress, route_localnet: str | None) -> str | None:
-    """Why IPv4 routing refuses a packet from another host with this source, if it does."""
+def _martian_source(src: IPAddress, dst: IPAddress, route_localnet: str | None) -> str | None:
+    """Why IPv4 routing refuses a packet from another host with this source, if it does
+    (the checks of ip_route_input_slow, in its order)."""
     if src.is_multicast:
         return "multicast"
     if int(src) == 0xFFFFFFFF:
         return "limited broadcast"
+    if int(dst) == 0xFFFFFFFF or (int(src) == 0 and int(dst) == 0):
+        return None  # broadcast input (DHCP DISCOVER comes from 0.0.0.0)
     if int(src) >> 24 == 0:
         return "0.0.0.0/8"
-    if src.is_loopback and route_localnet is not None and route_localnet.strip() == "0":
+    if not dst.is_loopback and src.is_loopback and route_localnet is not None and route_localnet.strip() == "0":
+        # The kernel also accepts the interface's own route_localnet; only "all" is read.
         return "loopback, with net.ipv4.conf.all.route_localnet=0"
     return None
 
@@ -259,7 +263,7 @@ class _Simulator:
     def _route(self, st: PathState, finished: list[PathState], *, local_origin: bool, before_nat: bool = False) -> bool | None:
         """The routing decision: True local, False forward/out, None the path ended."""
         if not local_origin and not before_nat and st.src is not None and st.src.version == 4:
-            martian = _martian_source(st.src, self.node.sysctls.get("net.ipv4.conf.all.route_localnet"))
+            martian = _martian_source(st.src, st.dst, self.node.sysctls.get("net.ipv4.conf.all.route_localnet"))
             if martian:
                 # ip_route_input drops these after PREROUTING: its rules (and DNAT) ran.
                 st.verdict = "drop"
@@ -267,8 +271,8 @@ class _Simulator:
                 st.path.append("routing: martian source")
                 finished.append(st)
                 return None
-        local = self.node.is_local(st.dst)
-        if local is None:
+        local = True if st.dst.version == 4 and int(st.dst) == 0xFFFFFFFF else self.node.is_local(st.dst)
+        if local is None:  # (the limited broadcast above is delivered to the node itself)
             local = False
             self.ctx.assume(
                 "the node's own addresses are unknown (no --local-ip): only loopback "
