@@ -40,7 +40,7 @@ from typing import Any
 
 from ..errors import EnvironmentProblem, NotFound, UsageError
 from ..generate import render_jumps, render_restore
-from ..sources.netns import NETNS_DIR
+from ..sources.netns import NETNS_DIR, SCOPE_LINK, create_netns, iproute_in, link_index, remove_netns
 from ..sources.netns import in_netns as _in_netns
 from . import (
     CLIENT_NS,
@@ -55,7 +55,6 @@ from . import (
 )
 from .config import NODE_PREFIX, POD_GATEWAY, SINK_IP, SINK_NODE_IP, SINK_PREFIX, LabConfig, LabEndpoint
 
-SCOPE_LINK = 253
 BACKENDS = ("nft", "legacy")
 ROOT_MESSAGE = "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build the lab"
 SERVER_MODULE = "kptrace.lab.podserver"
@@ -123,25 +122,10 @@ def lab_namespaces() -> list[str]:
 
 
 def _iproute(name: str) -> Any:
-    from pyroute2 import IPRoute
-
-    with in_netns(name):
-        return IPRoute()
-
-
-def _create_netns(name: str) -> None:
-    from pyroute2 import netns
-
-    netns.create(name)
-
-
-def _remove_netns(name: str) -> None:
-    from pyroute2 import netns
-
     try:
-        netns.remove(name)
-    except FileNotFoundError:
-        pass
+        return iproute_in(name, what="lab")
+    except EnvironmentProblem as exc:
+        raise EnvironmentProblem(f"{exc.message}; {ROOT_MESSAGE}") from None
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -315,7 +299,7 @@ def _build(config: LabConfig, backend: str, tool: str) -> dict[str, Any]:
     pods = config.pods
     names = [*FIXED_NAMESPACES, *(ep.netns for ep in pods)]
     for name in names:
-        _create_netns(name)
+        create_netns(name)
     iprs = {name: _iproute(name) for name in names}
     try:
         veths = _wire(config, iprs)
@@ -343,7 +327,7 @@ def _wire(config: LabConfig, iprs: dict[str, Any]) -> dict[str, str]:
     """Links, addresses and routes; returns pod name -> node-side veth."""
     node = iprs[NODE_NS]
     for ipr in iprs.values():
-        ipr.link("set", index=_index(ipr, "lo"), state="up")
+        ipr.link("set", index=link_index(ipr, "lo"), state="up")
 
     veths = {ep.name: f"kptr-p{i}" for i, ep in enumerate(config.pods)}
     peers = [("kptr-client", CLIENT_NS), ("kptr-sink", SINK_NS), ("kptr-remote", REMOTE_NS),
@@ -352,29 +336,29 @@ def _wire(config: LabConfig, iprs: dict[str, Any]) -> dict[str, str]:
         # Made inside the node namespace with the peer placed directly in its own: no
         # lab interface ever appears in the root namespace.
         node.link("add", ifname=ifname, kind="veth", peer={"ifname": "eth0", "net_ns_fd": peer_ns})
-        node.link("set", index=_index(node, ifname), state="up")
+        node.link("set", index=link_index(node, ifname), state="up")
         peer = iprs[peer_ns]
-        peer.link("set", index=_index(peer, "eth0"), state="up")
+        peer.link("set", index=link_index(peer, "eth0"), state="up")
 
     # client side
-    client_if = _index(node, "kptr-client")
+    client_if = link_index(node, "kptr-client")
     node.addr("add", index=client_if, address=config.node_ip, prefixlen=NODE_PREFIX)
     node.addr("add", index=client_if, address=config.client_gateway, prefixlen=config.client_prefix)
     client = iprs[CLIENT_NS]
-    client.addr("add", index=_index(client, "eth0"), address=config.client_ip, prefixlen=config.client_prefix)
+    client.addr("add", index=link_index(client, "eth0"), address=config.client_ip, prefixlen=config.client_prefix)
     client.route("add", dst="0.0.0.0/0", gateway=config.client_gateway)
 
     # sink: the node's default route
-    sink_if = _index(node, "kptr-sink")
+    sink_if = link_index(node, "kptr-sink")
     node.addr("add", index=sink_if, address=SINK_NODE_IP, prefixlen=SINK_PREFIX)
     sink = iprs[SINK_NS]
-    sink.addr("add", index=_index(sink, "eth0"), address=SINK_IP, prefixlen=SINK_PREFIX)
+    sink.addr("add", index=link_index(sink, "eth0"), address=SINK_IP, prefixlen=SINK_PREFIX)
     node.route("add", dst="0.0.0.0/0", gateway=SINK_IP, oif=sink_if)
 
     # remote node and the endpoints behind it
-    remote_if = _index(node, "kptr-remote")
+    remote_if = link_index(node, "kptr-remote")
     remote = iprs[REMOTE_NS]
-    remote_eth = _index(remote, "eth0")
+    remote_eth = link_index(remote, "eth0")
     remote.addr("add", index=remote_eth, address=config.remote_node_ip, prefixlen=32)
     remote.route("add", dst=f"{config.node_ip}/32", oif=remote_eth, scope=SCOPE_LINK)
     remote.route("add", dst="0.0.0.0/0", gateway=config.node_ip, oif=remote_eth)
@@ -386,20 +370,13 @@ def _wire(config: LabConfig, iprs: dict[str, Any]) -> dict[str, str]:
     # pods
     for ep in config.pods:
         pod = iprs[ep.netns]
-        eth = _index(pod, "eth0")
+        eth = link_index(pod, "eth0")
         pod.addr("add", index=eth, address=ep.ip, prefixlen=32)
         pod.route("add", dst=f"{POD_GATEWAY}/32", oif=eth, scope=SCOPE_LINK)
         pod.route("add", dst="0.0.0.0/0", gateway=POD_GATEWAY, oif=eth)
-        node.route("add", dst=f"{ep.ip}/32", oif=_index(node, veths[ep.name]), scope=SCOPE_LINK,
+        node.route("add", dst=f"{ep.ip}/32", oif=link_index(node, veths[ep.name]), scope=SCOPE_LINK,
                    prefsrc=config.node_ip)
     return veths
-
-
-def _index(ipr: Any, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise EnvironmentProblem(f"interface {ifname} did not appear")
-    return int(found[0])
 
 
 def _restore(tool: str, payload: str, what: str) -> None:
@@ -532,7 +509,7 @@ def _teardown(state: dict[str, Any] | None) -> dict[str, Any]:
     existing = set(lab_namespaces())
     for name in namespaces:
         if name in existing:
-            _remove_netns(name)
+            remove_netns(name)
     for path in (STATE_FILE, f"{STATE_FILE}.tmp"):
         try:
             os.unlink(path)

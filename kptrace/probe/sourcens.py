@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 from ..errors import EnvironmentProblem
 from ..model.packet import IPAddress
-from ..sources.netns import NETNS_DIR
-from ..sources.netns import in_netns as _in_netns
+from ..sources.netns import NETNS_DIR, SCOPE_LINK, create_netns, iproute_in, link_index, remove_netns
 
 NETNS_PREFIX = "kptrace-probe-"
 LINK_PREFIX = "kptrace-"  # node side; the lab's own links are kptr-*
 GATEWAY = {4: "169.254.1.1", 6: "fe80::1"}
-SCOPE_LINK = 253
 NUD_PERMANENT = 0x80
 IFA_F_NODAD = 0x02
 
@@ -33,42 +30,21 @@ def names(pid: int | None = None) -> tuple[str, str]:
     return f"{NETNS_PREFIX}{pid}", f"{LINK_PREFIX}{pid:x}"
 
 
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    with _in_netns(netns, what="probe namespace"):
-        return IPRoute()
-
-
-def _index(ipr: Any, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise EnvironmentProblem(f"interface {ifname} did not appear")
-    return int(found[0])
-
-
 def remove(netns: str) -> bool:
     """Delete a probe namespace (its veth pair and the node's route go with it)."""
-    from pyroute2 import netns as pr_netns
-
-    try:
-        pr_netns.remove(netns)
-        return True
-    except FileNotFoundError:
-        return False
+    return remove_netns(netns)
 
 
 def create(src: IPAddress) -> tuple[str, str, list[str]]:
     """Make the namespace and link of this process (``names()``) with SRC ready to send
     from; returns (namespace, node-side link, notes). The caller removes the namespace
     (``remove``) in a ``finally`` that also covers an interrupted ``create``."""
-    from pyroute2 import netns as pr_netns
     from pyroute2.netlink.exceptions import NetlinkError
 
     ns, link = names()
     try:
         remove(ns)  # a leftover of an earlier process with the same pid
-        pr_netns.create(ns)
+        create_netns(ns)
         return ns, link, _wire(ns, link, src)
     except PermissionError:
         raise EnvironmentProblem(f"creating the probe's namespace {ns} needs root (CAP_SYS_ADMIN): run with sudo") from None
@@ -82,16 +58,16 @@ def _wire(ns: str, link: str, src: IPAddress) -> list[str]:
     fam = socket.AF_INET6 if src.version == 6 else socket.AF_INET
     bits = 128 if src.version == 6 else 32
     notes: list[str] = []
-    node = _iproute(None)
-    inner = _iproute(ns)
+    node = iproute_in(None)
+    inner = iproute_in(ns, what="probe namespace")
     try:
         # Made in the node's namespace with the peer placed directly in the probe's.
         node.link("add", ifname=link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-        node_if = _index(node, link)
+        node_if = link_index(node, link)
         node.link("set", index=node_if, state="up")
         node_mac = node.get_links(node_if)[0].get_attr("IFLA_ADDRESS")
-        eth = _index(inner, "eth0")
-        inner.link("set", index=_index(inner, "lo"), state="up")
+        eth = link_index(inner, "eth0")
+        inner.link("set", index=link_index(inner, "lo"), state="up")
         inner.link("set", index=eth, state="up")
         extra = {"flags": IFA_F_NODAD} if src.version == 6 else {}
         inner.addr("add", index=eth, address=str(src), prefixlen=bits, family=fam, **extra)

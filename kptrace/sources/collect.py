@@ -23,7 +23,6 @@ from ..model.rules import BUILTIN_CHAINS, Ruleset
 from ..model.state import NodeState, Provenance, Route, SourceKind
 from ..parse.detect import kube_proxy_mode, parse_iptables_mode_save
 from ..parse.ipset import parse_ipset_save
-from ..parse.iptables_save import parse_save
 from .chains import ROOT_MESSAGE, kube_services, per_chain_ruleset, skeleton_save
 
 BACKENDS = ("nft", "legacy")

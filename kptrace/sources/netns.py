@@ -7,11 +7,13 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ..errors import EnvironmentProblem, NotFound, UsageError
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+SCOPE_LINK = 253  # rtnetlink route scope, for the /32 routes of veth wiring
 
 
 def _open(name: str, what: str) -> int:
@@ -83,3 +85,38 @@ def in_netns(name: str | None, *, what: str = "--netns") -> Iterator[None]:
             _setns(home)
     finally:
         os.close(home)
+
+
+# -- wiring namespaces with pyroute2 (the lab, the probe's source namespace) --------------
+
+
+def iproute_in(name: str | None, *, what: str = "--netns") -> Any:
+    """A pyroute2 IPRoute whose netlink socket lives in netns NAME (None: this one)."""
+    from pyroute2 import IPRoute
+
+    with in_netns(name, what=what):
+        return IPRoute()
+
+
+def link_index(ipr: Any, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise EnvironmentProblem(f"interface {ifname} did not appear")
+    return int(found[0])
+
+
+def create_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    netns.create(name)
+
+
+def remove_netns(name: str) -> bool:
+    """Delete a named namespace (its veth ends go with it); False if it was not there."""
+    from pyroute2 import netns
+
+    try:
+        netns.remove(name)
+        return True
+    except FileNotFoundError:
+        return False

@@ -65,11 +65,6 @@ def _excludes(key: tuple[Network | None, int | None], dst: IPAddress, dport: int
     return port is not None and port != dport
 
 
-def cannot_match(raw: str, dst: IPAddress, dport: int | None) -> bool:
-    """True only when the rule surely does not match; False when it may."""
-    return _excludes(rule_key(raw), dst, dport)
-
-
 # A canonical dotted quad (no leading zeros), so that equal text means equal address.
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HOST4_FIRST = rf"-A \S+ -d {_OCTET}(?:\.{_OCTET}){{3}}/32 "
