@@ -15,6 +15,10 @@ class ExitStatus(IntEnum):
     DISAGREES = 6  # the kernel disagrees with the prediction (inject)
 
 
+# What a live read without privileges says (the kernel refuses to list or copy rules).
+ROOT_MESSAGE = "needs root (CAP_NET_ADMIN): run with sudo or use --from FILE"
+
+
 class KptraceError(Exception):
     """An error with a user-facing one-line message and an exit status."""
 

@@ -81,6 +81,29 @@ def fixture_family(path: Path) -> int:
     return 6 if "TestNodePorts_5" in path.name else 4
 
 
+# Creates nfacct counters in the current network namespace (what kube-proxy's
+# nfacct.Ensure does): NFNL_SUBSYS_ACCT / NFNL_MSG_ACCT_NEW with an NFACCT_NAME attribute.
+NFACCT_ADD = r"""
+import socket, struct, sys
+for name in sys.argv[1:]:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+    s.bind((0, 0))
+    value = name.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(value), 1) + value
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BBH", 0, 0, 0) + attr
+    s.send(struct.pack("IHHII", 16 + len(body), 7 << 8, 0x1 | 0x4 | 0x400, 1, 0) + body)
+    error = struct.unpack_from("i", s.recv(4096), 16)[0]
+    if error:
+        sys.exit(f"nfacct {name}: error {error}")
+"""
+
+
+def add_nfacct(ns: str, *names: str) -> None:
+    """kube-proxy's nfacct counters in NS, so that rules matching them load."""
+    ns_sh(ns, sys.executable, "-c", NFACCT_ADD, *names)
+
+
 def add_node_addresses(ns: str, addresses: list[str], *, default_route: bool = True) -> str:
     """The node's IPs on one interface (dummy, or a veth pair where the kernel has no
     dummy driver), with default routes through it; returns the interface name."""

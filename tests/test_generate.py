@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from _kernel import add_nfacct
 from kptrace.generate import (
     ClusterSpec,
     Endpoint,
@@ -416,24 +417,6 @@ def test_large_ruleset_is_fast() -> None:
 
 # --- (2) round trip through the kernel ---------------------------------------------------
 
-# Creates nfacct counters in the current network namespace (what kube-proxy's
-# nfacct.Ensure does): NFNL_SUBSYS_ACCT / NFNL_MSG_ACCT_NEW with an NFACCT_NAME attribute.
-NFACCT_ADD = r"""
-import socket, struct, sys
-for name in sys.argv[1:]:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
-    s.bind((0, 0))
-    value = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(value), 1) + value
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BBH", 0, 0, 0) + attr
-    s.send(struct.pack("IHHII", 16 + len(body), 7 << 8, 0x1 | 0x4 | 0x400, 1, 0) + body)
-    error = struct.unpack_from("i", s.recv(4096), 16)[0]
-    if error:
-        sys.exit(f"nfacct {name}: error {error}")
-"""
-
-
 def _kernel_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root"
@@ -487,7 +470,7 @@ def test_kernel_round_trip(case: str, netns: str) -> None:
         return done.stdout
 
     if spec.nfacct:
-        run(sys.executable, "-c", NFACCT_ADD, "ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts")
+        add_nfacct(netns, "ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts")
     run(f"{tool}-restore", "--noflush", payload=render_restore(spec))
     run(f"{tool}-restore", "--noflush", payload=render_jumps(spec))
     saved = run(f"{tool}-save")

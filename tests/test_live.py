@@ -313,10 +313,11 @@ def test_missing_iptables_names_the_package(fake_path: Path) -> None:
 
 
 def test_forced_backend_needs_its_binary(fake_path: Path) -> None:
-    _fake_bin(fake_path, "iptables-nft-save", "exit 0")
+    # (the legacy backend is read from the kernel: forcing it needs no binary)
+    _fake_bin(fake_path, "iptables-legacy-save", "exit 0")
     with pytest.raises(EnvironmentProblem) as exc:
-        load_live(backend="legacy")
-    assert "iptables-legacy-save not found" in exc.value.message
+        load_live(backend="nft")
+    assert "iptables-nft-save not found" in exc.value.message
     with pytest.raises(UsageError):
         load_live(backend="bpf")
 

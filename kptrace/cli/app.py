@@ -97,7 +97,6 @@ def svc(
     state = load_state(from_, local_ip, lenient=lenient, backend=backend)
     family = _target_family(target)
     reports = []
-    warnings = list(state.warnings)
     candidates: list[str] = []
     for rs in state.rulesets:
         if family is not None and rs.family not in (family, None):
@@ -107,6 +106,7 @@ def svc(
     if not reports:
         candidates = [n for rs in state.rulesets for n in service_names(rs)]
         raise NotFound(f"Service {target!r} not found in the rules read{_suggest(target, candidates)}")
+    warnings = list(state.warnings)  # after the rules were read: reading may add some
     emit(svc_tree(reports, state, warnings) if output is Output.tree else svc_dict(reports, state, warnings))
     if any(r.uncertain for r in reports):
         exit_with(ExitStatus.UNCERTAIN)

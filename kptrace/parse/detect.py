@@ -33,7 +33,8 @@ def detect_format(text: str) -> Format:
     return "unknown"
 
 
-_IPVS_CHAINS = ("KUBE-LOAD-BALANCER", "KUBE-NODE-PORT")
+IPVS_CHAINS = ("KUBE-LOAD-BALANCER", "KUBE-NODE-PORT")  # chains only IPVS mode creates
+IPVS_CHAIN_PREFIX = "KUBE-IPVS-"
 _IPVS_SET_CHAINS = (("nat", "KUBE-SERVICES"), ("nat", "KUBE-POSTROUTING"), ("nat", "KUBE-NODE-PORT"), ("filter", "KUBE-NODE-PORT"))
 
 
@@ -44,9 +45,9 @@ def ruleset_mode(rs: Ruleset) -> str | None:
     ipsets, instead of searching a whole large save for the same hints. Meant for rulesets
     whose chain names are known (from a save): it lists them."""
     for table in rs.tables:
-        if any(rs.has_chain(table, name) for name in _IPVS_CHAINS):
+        if any(rs.has_chain(table, name) for name in IPVS_CHAINS):
             return "ipvs"
-        if any(name.startswith("KUBE-IPVS-") for name in rs.chain_names(table)):
+        if any(name.startswith(IPVS_CHAIN_PREFIX) for name in rs.chain_names(table)):
             return "ipvs"
     for table, name in _IPVS_SET_CHAINS:
         chain = rs.chain(table, name) if rs.has_chain(table, name) else None

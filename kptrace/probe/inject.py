@@ -273,8 +273,11 @@ def _settle(
     terminals = _terminals(prediction)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while True:
-        after = counters.read_counters(save)
+        # The guard first: it counts a probe after every iptables table, so the counters
+        # read after it hold every rule that probe ran (the other order can miss the last
+        # ones, e.g. MASQUERADE, of a probe crossing a veth between the two reads).
         ends = guard.counts()
+        after = counters.read_counters(save)
         d = counters.deltas(before, after)
         seen = sum(ends.values()) + sum(v for k, v in d.items() if (k.table, k.chain, k.rule) in terminals)
         if seen >= count or time.monotonic() > deadline:

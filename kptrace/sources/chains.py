@@ -18,8 +18,6 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
-
-ROOT_MESSAGE = "needs root (CAP_NET_ADMIN): run with sudo or use --from FILE"
 from ..model.rules import BUILTIN_CHAINS, Chain, Ruleset
 from ..parse.iptables_rule import parse_rule
 

@@ -16,14 +16,19 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
-from ..errors import EnvironmentProblem, ParseError, UnsupportedMode, UsageError
+from ..errors import ROOT_MESSAGE, EnvironmentProblem, ParseError, UnsupportedMode, UsageError
 from ..model.rules import BUILTIN_CHAINS, Ruleset
 from ..model.state import NodeState, Provenance, Route, SourceKind
 from ..parse.detect import kube_proxy_mode, parse_iptables_mode_save
 from ..parse.ipset import parse_ipset_save
-from .chains import ROOT_MESSAGE, kube_services, per_chain_ruleset, skeleton_save
+from .chains import kube_services, per_chain_ruleset, skeleton_save
+from .legacy import blob_ipvs_mode, blob_ruleset, has_kube_chains
+from .xtables import Pending, take_prefetched
+
+if TYPE_CHECKING:
+    from ..parse.xtables import XtTable
 
 BACKENDS = ("nft", "legacy")
 FAMILIES = (4, 6)
@@ -71,6 +76,8 @@ class RawState:
     # Live only: the nft backend's chain names, when its chains are fetched one by one.
     nft_chains: dict[int, list[str]] | None = None  # family -> tables
     nft_kube_services: dict[int, str] = field(default_factory=dict)  # family -> its -S output
+    # Live only: the legacy backend's tables as the kernel holds them (read instead of its saves).
+    legacy_tables: dict[int, dict[str, XtTable]] | None = None  # family -> table -> blob
     timeout: float = 30.0
     runner: Runner | None = None
 
@@ -206,7 +213,9 @@ def read_saves(
     """Both backends, both families: split brain shows only when both are read."""
     commands = save_commands()
     wanted = forced or "nft"
-    if not commands or (forced and not any(b == forced for b, _f in commands)):
+    if forced in skip:
+        pass  # read another way
+    elif not commands or (forced and not any(b == forced for b, _f in commands)):
         raise missing_binary(f"iptables-{wanted}-save")
     saves: dict[tuple[str, int], str] = {}
     warnings: list[str] = []
@@ -313,15 +322,21 @@ def collect(
     runner: Runner = run_command,
     per_chain: bool = False,
 ) -> RawState:
-    """Read everything once: rules (both backends, both families), ipsets, network."""
+    """Read everything once: rules (both backends, both families), ipsets, network.
+
+    ``per_chain``: rules are read as questions reach them (the nft backend chain by chain,
+    the legacy backend from its kernel tables) instead of with the save commands."""
     forced = check_backend(backend)
+    # The legacy tables first: the kernel's copy of a large one is the longest single read
+    # (the program may have started it already).
+    legacy = (take_prefetched() or Pending()) if per_chain else None
     # Netlink and ipset are read while the rules are: on a large node the saves take seconds.
     # A thread started here is in the same network namespace as this one.
     side = ThreadPoolExecutor(max_workers=2)
     network = side.submit(read_network)
     ipset = side.submit(read_ipset, timeout=timeout, runner=runner)
     try:
-        raw = _collect_rules(forced, timeout=timeout, runner=runner, per_chain=per_chain)
+        raw = _collect_rules(forced, timeout=timeout, runner=runner, per_chain=per_chain, legacy=legacy)
         raw.ipset = ipset.result()
         raw.addresses, raw.routes, raw.policy_rules = network.result()
     finally:
@@ -337,22 +352,30 @@ def collect(
     return raw
 
 
-def _collect_rules(forced: str | None, *, timeout: float, runner: Runner, per_chain: bool) -> RawState:
+def _collect_rules(
+    forced: str | None, *, timeout: float, runner: Runner, per_chain: bool, legacy: Pending | None = None
+) -> RawState:
     nft_chains: dict[int, list[str]] | None = None
     kube_services_text: dict[int, str] = {}
     probed = _nft_per_chain(timeout=timeout, runner=runner) if per_chain and forced in (None, "nft") else None
     if probed is not None:
         nft_chains, kube_services_text = probed
-    saves, commands, warnings = read_saves(
-        forced=forced, timeout=timeout, runner=runner, skip=("nft",) if nft_chains is not None else ()
-    )
+    skip = ("nft",) if nft_chains is not None else ()
+    if legacy is not None:
+        skip += ("legacy",)
+    saves, commands, warnings = read_saves(forced=forced, timeout=timeout, runner=runner, skip=skip)
     if nft_chains is not None:
         for family in FAMILIES:
             # Declarations only, so that the backend choice sees kube-proxy's chains.
             saves[("nft", family)] = skeleton_save({"nat": [("KUBE-SERVICES", None)]}) if family in nft_chains else ""
             commands[("nft", family)] = f"{'ip6tables' if family == 6 else 'iptables'}-nft"
+    legacy_tables = legacy.result() if legacy is not None else None
+    if legacy_tables is not None:
+        for family in FAMILIES:
+            saves.pop(("legacy", family), None)
+            commands[("legacy", family)] = f"{'ip6tables' if family == 6 else 'iptables'}-legacy"
     return RawState(saves=saves, commands=commands, warnings=warnings, nft_chains=nft_chains, timeout=timeout, runner=runner,
-        nft_kube_services=kube_services_text,
+        nft_kube_services=kube_services_text, legacy_tables=legacy_tables,
     )
 
 
@@ -372,16 +395,30 @@ def _has_kube_chains(text: str) -> bool:
     return text.startswith(":KUBE-") or "\n:KUBE-" in text
 
 
-def choose_backend(saves: Mapping[tuple[str, int], str], forced: str | None) -> tuple[str, list[str]]:
-    """The backend holding kube-proxy's chains (nft when both do), and warnings."""
-    kube = [b for b in BACKENDS if any(_has_kube_chains(t) for (b2, _f), t in saves.items() if b2 == b)]
+def choose_backend(
+    saves: Mapping[tuple[str, int], str],
+    forced: str | None,
+    tables: Mapping[int, Mapping[str, XtTable]] | None = None,
+) -> tuple[str, list[str]]:
+    """The backend holding kube-proxy's chains (nft when both do), and warnings.
+
+    ``tables``: the legacy backend's tables read from the kernel instead of its saves."""
+    tables = tables or {}
+    kube = [
+        b for b in BACKENDS
+        if any(_has_kube_chains(t) for (b2, _f), t in saves.items() if b2 == b)
+        or (b == "legacy" and any(has_kube_chains(ts) for ts in tables.values()))
+    ]
     warnings: list[str] = []
     if forced:
         chosen = forced
     elif kube:
         chosen = kube[0]
     else:
-        has_rules = [b for b in BACKENDS if any(t.strip() for (b2, _f), t in saves.items() if b2 == b)]
+        has_rules = [
+            b for b in BACKENDS
+            if any(t.strip() for (b2, _f), t in saves.items() if b2 == b) or (b == "legacy" and any(tables.values()))
+        ]
         chosen = has_rules[0] if has_rules else "nft"
     if not kube:
         warnings.append(
@@ -398,10 +435,13 @@ def choose_backend(saves: Mapping[tuple[str, int], str], forced: str | None) -> 
     elif forced and kube and forced not in kube:
         warnings.append(f"kube-proxy's chains (KUBE-*) are in iptables-{kube[0]}, but iptables-{forced} was asked for")
     if len(kube) < 2:
-        for (b, family), text in sorted(saves.items()):
+        counts = {key: (lambda text=text: len(_RULE_LINE.findall("\n" + text))) for key, text in saves.items()}
+        for family, ts in tables.items():
+            counts[("legacy", family)] = lambda ts=ts: sum(t.rule_count() for t in ts.values())
+        for (b, family), count in sorted(counts.items()):
             if b == chosen:
                 continue  # not counted: the chosen save can hold 400,000 rules
-            rules = len(_RULE_LINE.findall("\n" + text))
+            rules = count()
             if rules:
                 warnings.append(
                     f"iptables-{b} also holds {rules} IPv{family} rules: the kernel applies them too, "
@@ -485,6 +525,39 @@ def _per_chain_rulesets(raw: RawState, *, lenient: bool) -> tuple[list[Ruleset],
     return rulesets, []
 
 
+def _blob_rulesets(
+    raw: RawState, found: Mapping[int, Mapping[str, XtTable]], *, lenient: bool, warn: Callable[[str], None]
+) -> list[Ruleset]:
+    """The legacy backend from its kernel tables; a table with a rule kptrace cannot decode
+    is read with ``iptables-legacy-save -t TABLE`` instead."""
+    runner = raw.runner or run_command
+
+    def save_table(family: int, table: str) -> Ruleset:
+        name = f"{'ip6tables' if family == 6 else 'iptables'}-legacy-save"
+        command = find_binary(name)
+        if command is None:
+            raise missing_binary(name)
+        proc = runner([command, "-t", table], raw.timeout)
+        if proc.returncode != 0:
+            raise EnvironmentProblem(f"{name} -t {table} failed (exit {proc.returncode}): {_first_line(proc.stderr) or 'no message'}")
+        source = f"{name} -t {table}"
+        found_rs, _warnings = parse_iptables_mode_save(proc.stdout, source=source, lenient=lenient, backend="legacy")
+        for rs in found_rs:
+            if table in rs.tables:
+                return rs
+        return Ruleset(family, {table: []}, _no_chain, source=source, backend="legacy")
+
+    rulesets = []
+    for family, tables in sorted(found.items()):
+        if not tables:
+            continue
+        rs = blob_ruleset(family, dict(tables), save_table=save_table, lenient=lenient, warn=warn)
+        if blob_ipvs_mode(rs, tables):
+            raise UnsupportedMode(f"iptables-legacy IPv{family}: kube-proxy's IPVS mode detected: not supported yet")
+        rulesets.append(rs)
+    return rulesets
+
+
 def _no_chain(_table: str, _chain: str) -> None:
     return None
 
@@ -501,9 +574,13 @@ def build_state(
     time: str | None = None,
 ) -> NodeState:
     """``sources`` names where each part came from (addresses, routes, ipset), for errors."""
-    chosen, warnings = choose_backend(raw.saves, check_backend(backend))
+    chosen, warnings = choose_backend(raw.saves, check_backend(backend), raw.legacy_tables)
+    later: list[str] = []  # the state's warnings: some are found while chains are read on demand
     if chosen == "nft" and raw.nft_chains is not None:
         rulesets, parse_warnings = _per_chain_rulesets(raw, lenient=lenient)
+    elif chosen == "legacy" and raw.legacy_tables is not None:
+        parse_warnings = []
+        rulesets = _blob_rulesets(raw, raw.legacy_tables, lenient=lenient, warn=later.append)
     else:
         rulesets, parse_warnings = rulesets_from_saves(raw.saves, chosen, sources=rule_sources, lenient=lenient)
     # A family without tables on the node accepts everything: still traceable.
@@ -534,6 +611,7 @@ def build_state(
             f"policy routing sends some packets to routing tables {', '.join(other_tables)}: "
             "kptrace routes with the main table only"
         )
+    later[:0] = [*raw.warnings, *warnings, *parse_warnings]
     return NodeState(
         rulesets=rulesets,
         provenance=Provenance(kind=kind, backend=chosen, paths=paths, time=time),
@@ -541,5 +619,5 @@ def build_state(
         routes=routes,
         ipsets=ipsets,
         sysctls=dict(raw.sysctls),
-        warnings=[*raw.warnings, *warnings, *parse_warnings],
+        warnings=later,
     )

@@ -19,7 +19,8 @@ def load_live(
 ) -> NodeState:
     """The node's state now. ``backend`` ("nft" or "legacy") overrides the choice of
     the backend holding kube-proxy's chains; ``timeout`` bounds each command.
-    ``per_chain`` fetches the nft backend's chains only when a question reaches them."""
+    ``per_chain`` reads rules only as a question reaches them: the nft backend's chains
+    one by one, the legacy backend's chains from the tables copied out of the kernel."""
     time = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     raw = collect(backend=backend, timeout=timeout, runner=runner, per_chain=per_chain)
     return build_state(
