@@ -25,14 +25,18 @@ SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
 RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
 # The counters kube-proxy's nfacct matches name must exist before a rule can use them.
 NFACCT = ("localhost_nps_accepted_pkts", "ct_state_invalid_dropped_pkts")
+MAX_SETS = 16  # ipset indexes looked at by capture
 
 
 def capture(family: int) -> dict[str, Any]:
-    """Every legacy table of ``family`` in this namespace: blob and getinfo fields, and the save."""
-    from kptrace.sources.xtables import read_tables
+    """Every legacy table of ``family`` in this namespace: blob and getinfo fields, the names
+    of the ipsets by index, and the save."""
+    from kptrace.sources.xtables import SetNames, read_tables
 
     tables = read_tables(family) or {}
-    out: dict[str, Any] = {"family": family, "kernel": platform.release(), "tables": {}}
+    names = SetNames()
+    sets = {str(i): names(i) for i in range(MAX_SETS) if names(i)}
+    out: dict[str, Any] = {"family": family, "kernel": platform.release(), "sets": sets, "tables": {}}
     for name, t in tables.items():
         out["tables"][name] = {
             "builtins": {chain: [start - t.base, end - t.base] for chain, (start, end) in t.builtins.items()},
@@ -54,10 +58,11 @@ def table_from(data: dict[str, Any], name: str):  # -> XtTable
     underflow = [0] * 5
     for chain, (start, end) in t["builtins"].items():
         entry[HOOK_CHAINS.index(chain)], underflow[HOOK_CHAINS.index(chain)] = start, end
+    sets = data.get("sets", {})
     return XtTable(
         data["family"], name, base64.b64decode(t["blob"]),
         valid_hooks=sum(1 << h for h in hooks), hook_entry=tuple(entry), underflow=tuple(underflow),
-        num_entries=t["num_entries"],
+        num_entries=t["num_entries"], set_name=lambda index: sets.get(str(index)),
     )
 
 
@@ -126,6 +131,9 @@ def _refresh() -> None:
         family = 6 if stem.endswith("-v6") else 4
         with netns("xt") as ns:
             add_nfacct(ns, *NFACCT)
+            ipsets = rules.with_suffix(".ipsets")
+            if ipsets.exists():
+                ns_sh(ns, "ipset", "restore", input=ipsets.read_text())
             ns_sh(ns, RESTORE[family], input=rules.read_text())
             data = call_in_netns(ns, "_xtables.capture", family).value
         target = FIXTURES / f"{stem}.json"

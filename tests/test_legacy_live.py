@@ -23,32 +23,37 @@ LEGACY = ("iptables-legacy-restore", "iptables-legacy-save", "ip6tables-legacy-r
 RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
 
 
-def _rulesets() -> dict[str, tuple[int, str]]:
-    """name -> (family, restore input): the fixtures' sources, every reference ruleset, and a
-    generated node with kube-proxy's rarer options."""
-    out = {stem: (6 if stem.endswith("-v6") else 4, path.read_text()) for stem, path in SOURCES.items()}
+def _rulesets() -> dict[str, tuple[int, str, str]]:
+    """name -> (family, restore input, ipsets it uses): the fixtures' sources, every reference
+    ruleset, and a generated node with kube-proxy's rarer options."""
+    out = {}
+    for stem, path in SOURCES.items():
+        ipsets = path.with_suffix(".ipsets")
+        out[stem] = (6 if stem.endswith("-v6") else 4, path.read_text(), ipsets.read_text() if ipsets.exists() else "")
     for path in sorted(IPT.glob("*.live.save")):
-        out[path.name] = (fixture_family(path), path.read_text())
+        out[path.name] = (fixture_family(path), path.read_text(), "")
     spec = replace(synthetic_spec(200, 4), nfacct=True, kubelet_firewall_jumps=True, random_fully=True,
                    masquerade_mark="0x00004000", large_cluster_threshold=100)
-    out["synthetic-options"] = (4, render_restore(spec) + render_jumps(spec))
+    out["synthetic-options"] = (4, render_restore(spec) + render_jumps(spec), "")
     return out
 
 
 RULESETS = _rulesets()
 
 
-def _load(ns: str, family: int, text: str) -> None:
+def _load(ns: str, family: int, text: str, ipsets: str = "") -> None:
     add_nfacct(ns, *NFACCT)
+    if ipsets:
+        ns_sh(ns, "ipset", "restore", input=ipsets)
     ns_sh(ns, RESTORE[family], "--noflush", input=text)
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("name", sorted(RULESETS))
 def test_every_chain_decodes_as_the_save_prints_it(ns: str, name: str) -> None:
-    require_root_and(*LEGACY)
-    family, text = RULESETS[name]
-    _load(ns, family, text)
+    require_root_and(*LEGACY, "ipset")
+    family, text, ipsets = RULESETS[name]
+    _load(ns, family, text, ipsets)
     data = call_in_netns(ns, "_xtables.capture", family).value
     tables = {t: table_from(data, t) for t in data["tables"]}
     expected = saved_chains(data["save"])
@@ -173,5 +178,5 @@ def strip_lines(doc: object) -> None:
 
 
 def test_rulesets_cover_both_families() -> None:
-    assert {family for family, _ in RULESETS.values()} == {4, 6}
+    assert {family for family, _, _ in RULESETS.values()} == {4, 6}
     assert Path(SOURCES["zoo-v4"]).exists()

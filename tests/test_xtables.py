@@ -66,11 +66,12 @@ def test_the_captures_cover_every_decoder() -> None:
     for stem in CAPTURES:
         for t in load(stem)[1].values():
             seen |= extensions(t)
-    assert {("match", n, r) for n, r in MATCHES} <= seen
+    assert {("match", n, r) for n, r in MATCHES} | {("match", "set", 4)} <= seen
     assert {("target", n, r) for n, r in TARGETS} <= seen
     text = "".join(json.loads((FIXTURES / f"{s}.json").read_text())["save"] for s in CAPTURES)
     for word in (" -g ", " ! -s ", " -i ", " ! -o ", "+ ", " -f ", " ! -p ", "/255.0.255.0 ", "[fd00::1-fd00::5]:80-81",
-                 "::ffff:1.2.3.4/128", "--ctstate INVALID", "--state NEW", "--tcp-flags", "--log-prefix"):
+                 "::ffff:1.2.3.4/128", "--ctstate INVALID", "--state NEW", "--tcp-flags", "--log-prefix",
+                 "! --match-set", "src,dst --return-nomatch", "! --bytes-eq"):
         assert word in text, word
 
 
@@ -95,6 +96,13 @@ def test_an_unknown_extension_is_undecodable_not_guessed() -> None:
         t.chain("KUBE-A")
     # Chains without the changed rule still decode.
     assert t.chain("KUBE-POST") is not None
+
+
+def test_a_set_without_a_name_is_undecodable() -> None:
+    data, _tables = load("zoo-v4")
+    data["sets"] = {}
+    with pytest.raises(Undecodable, match="set index"):
+        table_from(data, "filter").chain("INPUT")
 
 
 def test_a_truncated_blob_is_undecodable() -> None:

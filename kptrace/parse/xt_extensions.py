@@ -362,6 +362,39 @@ def _nfacct(data: bytes, _family: int) -> str:
     return " --nfacct-name " + save_string(cstring(data, 0, 32))  # sic: two spaces
 
 
+# xt_set_info_match_v4: the set (index, dimensions, flags), packet and byte counter tests
+# (value, operator), flags.
+_SET_V4 = struct.Struct("=HBB4xQB7xQB7xI")
+_SET_INVERT = 0x01  # IPSET_INV_MATCH; bit n (1..dim) marks dimension n as "src"
+_SET_COUNTER_OPS = {1: ("", "eq"), 2: (" !", "eq"), 3: ("", "lt"), 4: ("", "gt")}
+SetName = Callable[[int], "str | None"]  # a set's index -> its name (None: unknown)
+
+
+def set_match(data: bytes, set_name: SetName | None) -> str:
+    """``-m set`` (revision 4): the set is kept in the rule by its index, so the name comes
+    from ``set_name`` (the kernel's ipset table)."""
+    _need(data, _SET_V4.size, "set")
+    index, dim, flags, packets, packets_op, nbytes, bytes_op, options = _SET_V4.unpack_from(data)
+    name = set_name(index) if set_name is not None else None
+    if name is None:
+        raise Undecodable(f"set index {index}: its name is unknown")
+    if options & ~(0x08 | 0x10 | 0x20 | 0x80) or packets_op > 4 or bytes_op > 4:
+        raise Undecodable(f"set flags 0x{options:x}")
+    dirs = ",".join("src" if flags & (1 << i) else "dst" for i in range(1, dim + 1))
+    out = f"{' !' if flags & _SET_INVERT else ''} --match-set {name} {dirs}"
+    if options & 0x80:
+        out += " --return-nomatch"
+    if options & 0x08:
+        out += " ! --update-counters"
+    if options & 0x10:
+        out += " ! --update-subcounters"
+    for label, value, op in (("packets", packets, packets_op), ("bytes", nbytes, bytes_op)):
+        if op:
+            bang, word = _SET_COUNTER_OPS[op]
+            out += f"{bang} --{label}-{word} {value}"
+    return out
+
+
 _PKTTYPE = struct.Struct("=ii")
 _PKT_TYPES = {0: "unicast", 1: "broadcast", 2: "multicast"}
 
@@ -603,8 +636,10 @@ TARGETS: dict[tuple[str, int], Decoder] = {
 }
 
 
-def match_text(name: str, revision: int, data: bytes, family: int) -> str:
-    """`` -m NAME --options...`` for one match."""
+def match_text(name: str, revision: int, data: bytes, family: int, set_name: SetName | None = None) -> str:
+    """`` -m NAME --options...`` for one match (``set_name``: ipset names by index)."""
+    if (name, revision) == ("set", 4):
+        return " -m set" + set_match(data, set_name)
     decoder = MATCHES.get((name, revision))
     if decoder is None:
         raise Undecodable(f"match {name} revision {revision}")

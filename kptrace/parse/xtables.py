@@ -24,7 +24,7 @@ import struct
 from socket import inet_ntoa
 from typing import NamedTuple, Union
 
-from .xt_extensions import Undecodable, addr_mask, iface, match_text, target_text
+from .xt_extensions import SetName, Undecodable, addr_mask, iface, match_text, target_text
 
 # The blob: bytes for tests, an anonymous mmap when read from the kernel (zeroed lazily,
 # searchable with find and re, sliced into bytes).
@@ -95,9 +95,12 @@ class XtTable:
         underflow: tuple[int, ...],
         num_entries: int,
         base: int = 0,
+        set_name: SetName | None = None,
     ) -> None:
         """``base``: where the entries start in ``blob``; the kernel's offsets (hook entry
-        points, jumps) count from there. Offsets kept here count from the start of ``blob``."""
+        points, jumps) count from there. Offsets kept here count from the start of ``blob``.
+        ``set_name``: the name of the ipset with an index (rules refer to sets by index)."""
+        self.set_name = set_name
         self.family = family
         self.name = name
         self.blob = blob
@@ -294,9 +297,9 @@ class XtTable:
                 raw = bytes(blob[at : at + size])
                 words = memo.get(raw)
                 if words is None:
-                    words = memo[raw] = _match(raw, family)
+                    words = memo[raw] = _match(raw, family, self.set_name)
             else:
-                words = _match(bytes(blob[at : at + size]), family)
+                words = _match(bytes(blob[at : at + size]), family, self.set_name)
             text += words
             at += size
         if blob[end + 2] == 0:  # the standard target (no name): a verdict
@@ -316,9 +319,9 @@ class XtTable:
         return text + target_text(tname, revision, bytes(blob[end + 32 : end + size]), family)
 
 
-def _match(raw: bytes, family: int) -> str:
+def _match(raw: bytes, family: int, set_name: SetName | None) -> str:
     _size, name, revision = _HEADER.unpack_from(raw)
-    return match_text(_name(name), revision, raw[32:], family)
+    return match_text(_name(name), revision, raw[32:], family, set_name)
 
 
 _MEMO_MAX = 200  # bytes of a match worth remembering (a comment's 288 are rarely repeated)

@@ -29,8 +29,7 @@ def blob_ipvs_mode(rs: Ruleset, tables: Mapping[str, XtTable]) -> bool:
     and its ipset matches in nat KUBE-SERVICES (which any question decodes anyway).
 
     nat is not searched for chain names: one pass over a large nat blob costs as much as
-    the rest of a question. A set match cannot be decoded, so a KUBE-SERVICES holding one
-    is read with iptables-legacy-save, whose reader refuses IPVS mode the same way."""
+    the rest of a question, and IPVS mode's KUBE-SERVICES always matches its ipsets."""
     if any(t.has_any(IPVS_CHAINS, (IPVS_CHAIN_PREFIX,)) for name, t in tables.items() if name != "nat"):
         return True
     chain = rs.chain("nat", "KUBE-SERVICES") if "nat" in tables else None

@@ -34,6 +34,8 @@ _GET_ENTRIES_HEAD = 40  # struct ipt_get_entries: name[32], size, padding to the
 RETRIES = 3  # the table changed between the two calls (EAGAIN)
 
 FAMILIES = (4, 6)
+SO_IP_SET, IP_SET_OP_VERSION, IP_SET_OP_GET_BYINDEX = 83, 0x100, 7  # linux/netfilter/ipset/ip_set.h
+_SET_REQUEST = struct.Struct("=II32s")  # op, protocol version, the set's name or index
 
 
 def table_names(family: int) -> list[str] | None:
@@ -63,7 +65,9 @@ def _fail(family: int, table: str, err: int) -> EnvironmentProblem:
     return EnvironmentProblem(f"cannot read the legacy IPv{family} table {table} from the kernel: {os.strerror(err)}")
 
 
-def read_table(family: int, name: str, sock: socket.socket, call: Callable[..., int] | None = None) -> XtTable | None:
+def read_table(
+    family: int, name: str, sock: socket.socket, call: Callable[..., int] | None = None, sets: SetNames | None = None
+) -> XtTable | None:
     """One table as the kernel holds it, or None when it is gone."""
     call = call or _getsockopt()
     level = _LEVEL[family]
@@ -97,8 +101,42 @@ def read_table(family: int, name: str, sock: socket.socket, call: Callable[..., 
                 return None
             raise _fail(family, name, err)
         return XtTable(family, name, buf, valid_hooks=valid_hooks, hook_entry=tuple(hook_entry),
-                       underflow=tuple(underflow), num_entries=num_entries, base=_GET_ENTRIES_HEAD)
+                       underflow=tuple(underflow), num_entries=num_entries, base=_GET_ENTRIES_HEAD, set_name=sets)
     raise EnvironmentProblem(f"the legacy IPv{family} table {name} kept changing while read ({RETRIES} tries)")
+
+
+class SetNames:
+    """ipset names by index, asked of the kernel (``SO_IP_SET``) when a rule needs one: a
+    rule refers to its set by index. Asked in the network namespace of the calling thread."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, str | None] = {}
+        self._version: int | None = None
+
+    def _ask(self, sock: socket.socket, op: int, version: int, index: int = 0) -> bytes | None:
+        request = _SET_REQUEST.pack(op, version, struct.pack("=H", index))
+        size = 8 if op == IP_SET_OP_VERSION else _SET_REQUEST.size  # the kernel wants each size exactly
+        buf = ctypes.create_string_buffer(request, _SET_REQUEST.size)
+        length = ctypes.c_uint32(size)
+        if _getsockopt()(sock.fileno(), socket.IPPROTO_IP, SO_IP_SET, buf, ctypes.byref(length)) != 0:
+            return None  # no ip_set module, or no permission: the rule is read another way
+        return buf.raw
+
+    def __call__(self, index: int) -> str | None:
+        if index not in self._names:
+            self._names[index] = self._lookup(index)
+        return self._names[index]
+
+    def _lookup(self, index: int) -> str | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            if self._version is None:
+                answer = self._ask(sock, IP_SET_OP_VERSION, 0)
+                if answer is None:
+                    return None
+                self._version = struct.unpack_from("=II", answer)[1]
+            answer = self._ask(sock, IP_SET_OP_GET_BYINDEX, self._version, index)
+        name = _SET_REQUEST.unpack(answer)[2].split(b"\0", 1)[0] if answer else b""
+        return name.decode("utf-8", "surrogateescape") or None
 
 
 def read_tables(family: int, only: Sequence[str] | None = None) -> dict[str, XtTable] | None:
@@ -121,8 +159,9 @@ def read_tables(family: int, only: Sequence[str] | None = None) -> dict[str, XtT
     with sock:
         call = _getsockopt()
         tables = {}
+        sets = SetNames()
         for name in wanted:
-            table = read_table(family, name, sock, call)
+            table = read_table(family, name, sock, call, sets)
             if table is not None:
                 tables[name] = table
         return tables
