@@ -52,7 +52,7 @@ def test_lookups_without_an_index(stem: str) -> None:
         assert not t.has_chain("KUBE-NO-SUCH-CHAIN") and not t.has_chain("ERROR")
         assert t.chain("KUBE-NO-SUCH-CHAIN") is None
         users = [c for c, (policy, _) in chains.items() if policy is None]
-        assert table_from(data, table).has_prefix("KUBE-") == any(c.startswith("KUBE-") for c in users)
+        assert table_from(data, table).has_any(prefixes=("KUBE-",)) == any(c.startswith("KUBE-") for c in users)
         assert table_from(data, table).has_any(("NOPE",), ("KUBE-SE",)) == any(c.startswith("KUBE-SE") for c in users)
         assert t.rule_count() == sum(len(rules) for _, rules in chains.values())
 
@@ -178,3 +178,33 @@ def test_masks_and_ipv6_text() -> None:
 )
 def test_live_question(args: list[str], live: bool, netns: str | None) -> None:
     assert live_question(args) == (live, netns)
+
+
+def test_an_undecodable_table_is_read_from_its_save_and_a_change_is_reported() -> None:
+    from kptrace.parse.detect import parse_iptables_mode_save
+    from kptrace.sources.legacy import blob_ruleset
+
+    data, tables = load("zoo-v4")
+    tables["nat"] = _patched("zoo-v4", "nat", struct.pack("=H29sB", 56, b"statistic", 0),
+                             struct.pack("=H29sB", 56, b"statisticx", 0))
+    # The save is read after KUBE-POST was decoded, and one of its rules is gone since.
+    later = data["save"].replace("-A KUBE-POST -j MASQUERADE --random-fully\n", "")
+    assert later != data["save"]
+    asked: list[str] = []
+
+    def save_table(family: int, table: str):  # -> Ruleset
+        asked.append(table)
+        found, _ = parse_iptables_mode_save(later, source=f"iptables-legacy-save -t {table}", backend="legacy")
+        return found[0]
+
+    warnings: list[str] = []
+    rs = blob_ruleset(4, tables, save_table=save_table, lenient=False, warn=warnings.append)
+    post = rs.chain("nat", "KUBE-POST")
+    assert post is not None and "-A KUBE-POST -j MASQUERADE --random-fully" in [r.raw for r in post.rules]
+    assert post.rules[0].source == "iptables-legacy (kernel table nat)" and not asked
+    a = rs.chain("nat", "KUBE-A")  # holds the rule no decoder knows
+    assert asked == ["nat"] and a is not None
+    assert {r.source for r in a.rules} == {"iptables-legacy-save -t nat"}
+    assert [r.raw for r in a.rules] == saved_chains(later)["nat"]["KUBE-A"][1]
+    assert len(warnings) == 1 and "nat table changed while it was read" in warnings[0] and "KUBE-POST" in warnings[0]
+    assert rs.chain("filter", "INPUT").rules[0].source == "iptables-legacy (kernel table filter)"  # other tables

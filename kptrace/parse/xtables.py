@@ -162,16 +162,6 @@ class XtTable:
         self._heads[name] = at - self.layout.size
         return self._heads[name]
 
-    def has_prefix(self, prefix: str) -> bool:
-        """Some user chain's name starts with ``prefix`` (one pass of ``find``)."""
-        needle = ERROR_HEADER + prefix.encode("utf-8", "surrogateescape")
-        at = self.blob.find(needle)
-        while at >= 0:
-            if self._is_head(at - self.layout.size, header_checked=True):
-                return True
-            at = self.blob.find(needle, at + 1)
-        return False
-
     def has_any(self, names: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> bool:
         """One of these chains, or one whose name starts with a prefix, exists (one pass)."""
         if self._complete:

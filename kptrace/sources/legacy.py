@@ -21,7 +21,7 @@ SaveTable = Callable[[int, str], Ruleset]  # (family, table) -> that table read 
 
 
 def has_kube_chains(tables: Mapping[str, XtTable]) -> bool:
-    return any(t.has_prefix("KUBE-") for t in tables.values())
+    return any(t.has_any(prefixes=("KUBE-",)) for t in tables.values())
 
 
 def blob_ipvs_mode(rs: Ruleset, tables: Mapping[str, XtTable]) -> bool:
@@ -57,8 +57,10 @@ def blob_ruleset(
         rs = saved[table] = save_table(family, table)
         changed = []
         for (t, name), (policy, lines) in decoded.items():
-            chain = rs.chain(t, name) if t == table else None
-            if chain is not None and (chain.policy, [chain.raw(i) for i in range(len(chain))]) != (policy, lines):
+            if t != table:
+                continue
+            chain = rs.chain(t, name)
+            if chain is None or (chain.policy, [chain.raw(i) for i in range(len(chain))]) != (policy, lines):
                 changed.append(name)
         if changed:
             warn(f"{tool}: the {table} table changed while it was read (chains {', '.join(sorted(changed)[:3])}); "

@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable, Sequence
+from typing import Callable
 
 from ..errors import ROOT_MESSAGE, EnvironmentProblem
 from ..parse.xtables import XtTable
@@ -139,13 +139,12 @@ class SetNames:
         return name.decode("utf-8", "surrogateescape") or None
 
 
-def read_tables(family: int, only: Sequence[str] | None = None) -> dict[str, XtTable] | None:
-    """Every legacy table of a family (or those of ``only`` that exist); None when the
-    kernel has no legacy tables of that family at all."""
-    names = table_names(family)
-    if names is None:
+def read_tables(family: int) -> dict[str, XtTable] | None:
+    """Every legacy table of a family; None when the kernel has no legacy tables of that
+    family at all."""
+    wanted = table_names(family)
+    if wanted is None:
         return None
-    wanted = [n for n in names if only is None or n in only]
     if not wanted:
         return {}
     try:
