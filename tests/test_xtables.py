@@ -3,6 +3,7 @@ every chain decodes to exactly what iptables-legacy-save printed for the same ta
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import struct
@@ -80,7 +81,7 @@ def _patched(stem: str, table: str, old: bytes, new: bytes) -> XtTable:
     t = table_from(data, table)
     blob = bytes(t.blob)
     assert old in blob
-    data["tables"][table]["blob"] = __import__("base64").b64encode(blob.replace(old, new, 1)).decode()
+    data["tables"][table]["blob"] = base64.b64encode(blob.replace(old, new, 1)).decode()
     return table_from(data, table)
 
 

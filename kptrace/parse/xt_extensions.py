@@ -37,10 +37,10 @@ def save_string(value: str) -> str:
     return f' "{out}"'
 
 
-def cstring(data: bytes, start: int = 0, size: int | None = None) -> str:
-    raw = data[start : start + size] if size is not None else data[start:]
-    end = raw.find(b"\0")
-    return (raw if end < 0 else raw[:end]).decode("utf-8", "surrogateescape")
+def cstring(data: bytes, size: int | None = None) -> str:
+    """A NUL-terminated string in a fixed-size field of ``size`` bytes (the rest: all)."""
+    end = data.find(b"\0", 0, size)
+    return data[: (len(data) if size is None else size) if end < 0 else end].decode("utf-8", "surrogateescape")
 
 
 def ip4(raw: bytes) -> str:
@@ -99,8 +99,7 @@ def _need(data: bytes, size: int, what: str) -> None:
 
 
 def _comment(data: bytes, _family: int) -> str:
-    end = data.find(b"\0", 0, 256)
-    return " --comment" + save_string(data[: 256 if end < 0 else end].decode("utf-8", "surrogateescape"))
+    return " --comment" + save_string(cstring(data, 256))
 
 
 def _ports(label: str, low: int, high: int, inverted: bool) -> str:
@@ -211,10 +210,11 @@ def _mark_value(mark: int, mask: int) -> str:
     return f" 0x{mark:x}" if mask == 0xFFFFFFFF else f" 0x{mark:x}/0x{mask:x}"
 
 
-_MARK_MT = struct.Struct("=IIB")
+_MARK_MT = struct.Struct("=IIB")  # xt_mark_mtinfo1 and xt_connmark_mtinfo1 alike
 
 
 def _mark(data: bytes, _family: int) -> str:
+    """-m mark and -m connmark: value, mask, invert."""
     _need(data, _MARK_MT.size, "mark")
     mark, mask, invert = _MARK_MT.unpack_from(data)
     return (" !" if invert else "") + " --mark" + _mark_value(mark, mask)
@@ -359,7 +359,7 @@ def _recent(data: bytes, family: int) -> str:
 
 
 def _nfacct(data: bytes, _family: int) -> str:
-    return " --nfacct-name " + save_string(cstring(data, 0, 32))  # sic: two spaces
+    return " --nfacct-name " + save_string(cstring(data, 32))  # sic: two spaces
 
 
 # xt_set_info_match_v4: the set (index, dimensions, flags), packet and byte counter tests
@@ -442,15 +442,6 @@ def _physdev(data: bytes, _family: int) -> str:
     if bitmask & 0x04:
         out += f"{' !' if invert & 0x04 else ''} --physdev-is-bridged"
     return out
-
-
-_CONNMARK_MT = struct.Struct("=IIB")
-
-
-def _connmark(data: bytes, _family: int) -> str:
-    _need(data, _CONNMARK_MT.size, "connmark")
-    mark, mask, invert = _CONNMARK_MT.unpack_from(data)
-    return (" !" if invert else "") + " --mark" + _mark_value(mark, mask)
 
 
 # -- targets -----------------------------------------------------------------------------
@@ -594,10 +585,6 @@ def _connmark_target(data: bytes, _family: int) -> str:
     raise Undecodable(f"CONNMARK mode {mode}")
 
 
-def _no_options(data: bytes, _family: int) -> str:
-    return ""
-
-
 # -- the registry ------------------------------------------------------------------------
 
 # (name, revision) -> decoder: the revisions iptables 1.8 writes on current kernels, each
@@ -612,7 +599,7 @@ MATCHES: dict[tuple[str, int], Decoder] = {
     ("icmp6", 0): _icmp6,
     ("statistic", 0): _statistic,
     ("mark", 1): _mark,
-    ("connmark", 1): _connmark,
+    ("connmark", 1): _mark,
     ("addrtype", 1): _addrtype,
     ("conntrack", 3): _conntrack,
     ("multiport", 1): _multiport,

@@ -180,16 +180,16 @@ def undeclared_jumps(text: str) -> list[str]:
 
 
 def read_save(
-    command: str, *, timeout: float, runner: Runner = run_command, atomic: bool = False
+    command: str, *, timeout: float, runner: Runner = run_command, atomic: bool = False, args: Sequence[str] = ()
 ) -> tuple[str, list[str]]:
     """One consistent iptables-save text (retried while it is not) and its warnings.
 
     ``atomic``: the backend reads each table in one snapshot (legacy: one getsockopt per
-    table), so the text needs no consistency check."""
-    name = os.path.basename(command)
+    table), so the text needs no consistency check. ``args``: e.g. ``-t nat``."""
+    name = " ".join([os.path.basename(command), *args])
     problems: list[str] = []
     for _attempt in range(1 + CONSISTENCY_RETRIES):
-        proc = runner([command], timeout)
+        proc = runner([command, *args], timeout)
         if proc.returncode != 0:
             err = proc.stderr.strip()
             if _NO_LEGACY.search(err):
@@ -537,11 +537,9 @@ def _blob_rulesets(
         command = find_binary(name)
         if command is None:
             raise missing_binary(name)
-        proc = runner([command, "-t", table], raw.timeout)
-        if proc.returncode != 0:
-            raise EnvironmentProblem(f"{name} -t {table} failed (exit {proc.returncode}): {_first_line(proc.stderr) or 'no message'}")
+        text, _ = read_save(command, timeout=raw.timeout, runner=runner, atomic=True, args=("-t", table))
         source = f"{name} -t {table}"
-        found_rs, _warnings = parse_iptables_mode_save(proc.stdout, source=source, lenient=lenient, backend="legacy")
+        found_rs, _warnings = parse_iptables_mode_save(text, source=source, lenient=lenient, backend="legacy")
         for rs in found_rs:
             if table in rs.tables:
                 return rs

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import socket
@@ -51,6 +52,7 @@ def table_names(family: int) -> list[str] | None:
     return None
 
 
+@functools.cache
 def _getsockopt() -> Callable[..., int]:
     libc = ctypes.CDLL(None, use_errno=True)
     call = libc.getsockopt
@@ -65,11 +67,9 @@ def _fail(family: int, table: str, err: int) -> EnvironmentProblem:
     return EnvironmentProblem(f"cannot read the legacy IPv{family} table {table} from the kernel: {os.strerror(err)}")
 
 
-def read_table(
-    family: int, name: str, sock: socket.socket, call: Callable[..., int] | None = None, sets: SetNames | None = None
-) -> XtTable | None:
+def read_table(family: int, name: str, sock: socket.socket, sets: SetNames | None = None) -> XtTable | None:
     """One table as the kernel holds it, or None when it is gone."""
-    call = call or _getsockopt()
+    call = _getsockopt()
     level = _LEVEL[family]
     for _attempt in range(RETRIES):
         info = ctypes.create_string_buffer(_INFO.size)
@@ -156,11 +156,10 @@ def read_tables(family: int) -> dict[str, XtTable] | None:
             return None  # IPv6 disabled
         raise
     with sock:
-        call = _getsockopt()
         tables = {}
         sets = SetNames()
         for name in wanted:
-            table = read_table(family, name, sock, call, sets)
+            table = read_table(family, name, sock, sets)
             if table is not None:
                 tables[name] = table
         return tables
